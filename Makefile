@@ -1,0 +1,36 @@
+# Two commands do all the set-up: `make run` (the pipeline) and `make test`.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# Use the offline MNIST mirror beside the repo when there is one (CI, air-gapped).
+export MNIST_MIRROR ?= $(wildcard $(abspath ../shared/mnist))
+# No telemetry from the tools: tests and CI stay on loopback.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := 1
+export DVC_NO_ANALYTICS := 1
+export BENTOML_DO_NOT_TRACK := true
+
+.PHONY: install run test bench ui clean
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-* && touch $@
+
+run: install            ## fetch, split, normalise, train, evaluate, summarize (dvc repro)
+	dvc repro
+
+test: install           ## the whole test suite (CI runs exactly this)
+	$(PY) -m pytest
+
+bench: install          ## speed figures (prints them; see README)
+	$(PY) -m bench.pipeline_bench
+
+ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000
+	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean:                  ## remove outputs (the DVC cache keeps them for a fast repro)
+	rm -rf data models reports

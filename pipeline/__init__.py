@@ -1,0 +1,1 @@
+"""MNIST MLOps pipeline: one module per DVC stage plus small shared modules."""

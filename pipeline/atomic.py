@@ -1,0 +1,67 @@
+"""Atomic file writes: a temporary file in the same folder, then os.replace.
+
+A stage killed midway leaves either the old file or the new one, never half of
+one for DVC to hash.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: Path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def write_with(path: Path, writer: Callable[[BinaryIO], None]) -> None:
+    """Atomically write whatever ``writer`` puts into a binary file object."""
+    buffer = io.BytesIO()
+    writer(buffer)
+    write_bytes(path, buffer.getvalue())
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Uncompressed .npz (fast to read); load it back with allow_pickle=False."""
+    write_with(path, lambda f: np.savez(f, **arrays))
+
+
+def read_npz(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path, allow_pickle=False) as data:
+        return {key: data[key] for key in data.files}

@@ -1,0 +1,56 @@
+"""normalise: uint8 pixels to float32, optionally standardised with train statistics.
+
+In: ``train.npz`` and ``val.npz`` from split; ``normalise`` params. Out: the same two files
+in ``--out`` with ``images`` (N, 1, 28, 28) float32 and ``labels`` (N,) int64, plus
+``stats.json`` ({"mean", "std", "standardise"}), computed on the training split only
+and reused by evaluate, package and serving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import atomic, cli
+from pipeline.params import NormaliseParams, load_section
+
+PARTS = ("train", "val")  # evaluate reads raw test pixels, as the service does
+
+
+def statistics(train_images: np.ndarray, standardise: bool) -> dict:
+    """Mean and std of the training pixels after /255 (identity stats when off)."""
+    if not standardise:
+        return {"mean": 0.0, "std": 1.0, "standardise": False}
+    scaled = train_images.astype(np.float64) / 255.0
+    return {"mean": float(scaled.mean()), "std": float(scaled.std()), "standardise": True}
+
+
+def apply(images: np.ndarray, stats: dict) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in the model's input space."""
+    x = images.astype(np.float32)[:, None] / np.float32(255.0)
+    if stats["standardise"]:
+        x = (x - np.float32(stats["mean"])) / np.float32(stats["std"])
+    return x
+
+
+def main(args) -> None:
+    params = load_section(args.params, "normalise", NormaliseParams)
+    parts = {name: atomic.read_npz(args.split / f"{name}.npz") for name in PARTS}
+    stats = statistics(parts["train"]["images"], params.standardise)
+    for name, part in parts.items():
+        atomic.write_npz(args.out / f"{name}.npz", images=apply(part["images"], stats),
+                         labels=part["labels"].astype(np.int64))
+    atomic.write_json(args.out / "stats.json", stats)
+    print(f"normalise: mean {stats['mean']:.4f} std {stats['std']:.4f}")
+
+
+def cli_main(argv=None) -> None:
+    p = cli.parser("normalise", __doc__)
+    p.add_argument("--split", required=True, type=Path, help="folder of train/val/test .npz")
+    p.add_argument("--out", required=True, type=Path, help="folder for normalised arrays")
+    cli.run("normalise", main, cli.parse(p, argv))
+
+
+if __name__ == "__main__":
+    cli_main()
