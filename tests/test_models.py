@@ -1,0 +1,94 @@
+import numpy as np
+import pytest
+import torch
+
+from pipeline import models, train
+from pipeline.params import TrainParams, load_section
+from tests.conftest import ROOT
+
+PARAMS = load_section(ROOT / "params.yaml", "train", TrainParams)
+CANDIDATES = PARAMS.candidates
+
+EXPECTED_PARAMETERS = {
+    "mlp_tanh16": 784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10,  # R1: 13,002
+    "cnn_numpy": 28 * 9 + 28 + 4732 * 128 + 128 + 128 * 10 + 10,  # R2: 607,394
+    "mlp_wide_softmax": 784 * 784 + 784 + 784 * 10 + 10,  # R3: 623,290
+    "mlp128": 101_770,  # R4, as published
+    "mlp_sigmoid": 784 * 30 + 30 + 30 * 10 + 10,  # R5 (hidden 30): 23,860
+    "logreg": 784 * 10 + 10,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_output_shape_and_parameter_count(name):
+    net = train.build_net(CANDIDATES[name])
+    out = net(torch.zeros(3, 1, 28, 28))
+    assert out.shape == (3, 10)
+    if name in EXPECTED_PARAMETERS:
+        assert models.parameter_count(net) == EXPECTED_PARAMETERS[name]
+
+
+@pytest.fixture(scope="module")
+def small_data(mnist):
+    """2,000 training and 1,000 validation digits, divided by 255."""
+    train_x, train_y, _, _ = mnist
+    def tensors(x, y):
+        return torch.from_numpy(x).float().unsqueeze(1) / 255, torch.from_numpy(y).long()
+    return train.Data(*tensors(train_x[:2000], train_y[:2000]),
+                      *tensors(train_x[-1000:], train_y[-1000:]))
+
+
+def quick(name):
+    """The candidate's own settings, shortened to one epoch on small batches."""
+    c = CANDIDATES[name]
+    return c.model_copy(update={"epochs": 1, "batch_size": min(c.batch_size, 32),
+                                "max_iter": 50})
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_short_training_beats_chance_by_far(name, small_data):
+    torch.manual_seed(0)
+    c = quick(name)
+    if c.arch == "logreg":
+        _, net = train.train_logreg(c, small_data, seed=0)
+    else:
+        net = train.build_net(c)
+        history = train.train_torch(net, c, small_data, seed=0)
+        assert len(history.epochs) == 1 and len(history.steps) == -(-2000 // c.batch_size)
+    _, correct = train.evaluate_logits(net, small_data.x_val, small_data.y_val)
+    assert correct / 1000 > 0.6, f"{name}: {correct} of 1000 right after one short epoch"
+
+
+def trained_weights(seed, small_data):
+    torch.manual_seed(seed)
+    c = quick("cnn_fast").model_copy(update={"augment": CANDIDATES["cnn_best"].augment})
+    net = train.build_net(c)
+    train.train_torch(net, c, train.Data(small_data.x_train[:500], small_data.y_train[:500],
+                                         small_data.x_val[:100], small_data.y_val[:100]), seed)
+    return net.state_dict()
+
+
+def test_same_seed_same_weights_other_seed_other_weights(small_data):
+    a, b, c = (trained_weights(s, small_data) for s in (1, 1, 2))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_predictor_bakes_in_standardisation_and_tta():
+    torch.manual_seed(0)
+    net = train.build_net(CANDIDATES["cnn_fast"]).eval()
+    pixels = torch.rand(4, 1, 28, 28)
+    plain = models.Predictor(net, 0.13, 0.31).eval()
+    probs = plain(pixels)
+    expected = torch.softmax(net((pixels - 0.13) / 0.31), 1)
+    torch.testing.assert_close(probs, expected)
+    tta = models.Predictor(net, 0.13, 0.31, tta=4).eval()(pixels)
+    torch.testing.assert_close(tta.sum(1), torch.ones(4))
+    assert not torch.allclose(tta, probs)
+
+
+def test_logreg_linear_layer_equals_sklearn(small_data):
+    clf, net = train.train_logreg(quick("logreg"), small_data, seed=0)
+    x = small_data.x_val[:50]
+    ours = torch.softmax(net(x), 1).detach().numpy()
+    np.testing.assert_allclose(ours, clf.predict_proba(x.flatten(1).numpy()), atol=1e-5)
