@@ -36,13 +36,14 @@ def setup(params: MlflowParams) -> str:
     """Point MLflow at the store and return the experiment id (created if new)."""
     import mlflow
 
+    # A server chooses its own artifact store; a local SQLite store keeps artifacts
+    # beside it. (Decided before set_tracking_uri, which exports MLFLOW_TRACKING_URI.)
+    local = "MLFLOW_TRACKING_URI" not in os.environ
     mlflow.set_tracking_uri(tracking_uri(params))
     experiment = mlflow.get_experiment_by_name(params.experiment)
     if experiment is not None:
         return experiment.experiment_id
-    artifacts = None
-    if "MLFLOW_TRACKING_URI" not in os.environ:
-        artifacts = (project_root() / "mlartifacts").as_uri()
+    artifacts = (project_root() / "mlartifacts").as_uri() if local else None
     return mlflow.create_experiment(params.experiment, artifact_location=artifacts)
 
 

@@ -250,6 +250,9 @@ def main(args) -> None:
         atomic.write_json(out / "metrics.json", final)
         plots.save_curves(history.epochs, out / "curves.png", args.candidate)
         mlflow.log_artifacts(str(out), artifact_path="train")
+        # With the weights, these rebuild the exact Predictor (package reads them back).
+        mlflow.log_dict(c.model_dump(), "train/candidate.json")
+        mlflow.log_dict(stats, "train/stats.json")
         log_model(predictor, c, clf if c.arch == "logreg" else None)
         atomic.write_json(out / "run.json", {
             "run_id": run.info.run_id, "experiment_id": experiment_id,
@@ -263,7 +266,7 @@ def final_metrics(history: History, val_probs: torch.Tensor, y_val: torch.Tensor
                   net: nn.Module) -> dict:
     """What promotion compares: validation metrics of the final model (with its TTA)."""
     loss = F.nll_loss(torch.log(val_probs.clamp_min(1e-12)), y_val).item()
-    return {"val_accuracy": float((val_probs.argmax(1) == y_val).float().mean()),
+    return {"val_accuracy": int((val_probs.argmax(1) == y_val).sum()) / len(y_val),
             "val_loss": loss, "epochs": len(history.epochs),
             "parameters": models.parameter_count(net)}
 
