@@ -3,78 +3,21 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import socket
 import subprocess
-import sys
-from pathlib import Path
+import time
 
 import pytest
-import yaml
 
-from tests.conftest import ROOT
+from tests.conftest import ENABLED, new_project
 
 pytestmark = pytest.mark.slow
 
-PROJECT_FILES = ["pipeline", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore",
-                 ".gitignore"]
-ENABLED = ["mlp128", "cnn_fast"]
-
-
-def small_profile(params: dict) -> dict:
-    params["split"].update(val_size=1000, train_limit=2000, test_limit=1000)
-    params["train"]["enabled"] = ENABLED
-    for name in ENABLED:
-        params["train"]["candidates"][name].update(epochs=2, train_size=None)
-    return params
-
-
-class Project:
-    def __init__(self, path: Path, env: dict):
-        self.path, self.env = path, env
-
-    def run(self, *args: str, check: bool = True, env: dict | None = None):
-        result = subprocess.run(args, cwd=self.path, env=env or self.env, capture_output=True,
-                                text=True, timeout=900)
-        if check and result.returncode != 0:
-            pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n"
-                        f"{result.stderr}")
-        return result
-
-    def stages_run(self, result) -> list[str]:
-        return [line.split("'")[1] for line in result.stdout.splitlines()
-                if line.startswith("Running stage")]
-
-    def params(self) -> dict:
-        return yaml.safe_load((self.path / "params.yaml").read_text())
-
-    def write_params(self, params: dict) -> None:
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mirror) -> Project:
-    path = tmp_path_factory.mktemp("project")
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        (path / name).parent.mkdir(parents=True, exist_ok=True)
-        (shutil.copytree if src.is_dir() else shutil.copy)(
-            src, path / name, **({"ignore": shutil.ignore_patterns("__pycache__")}
-                                 if src.is_dir() else {}))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MNIST_MIRROR": str(mirror)}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    p = Project(path, env)
-    p.write_params(small_profile(p.params()))
-    p.run("git", "init", "-q")
-    p.run("git", "add", "-A")
-    p.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
-    return p
-
-
-@pytest.fixture(scope="module")
-def corrupt_fetch(project, tmp_path_factory, mirror):
-    """Fetch from a corrupted mirror (and no reachable URL) before the real run."""
+def corrupt_fetch(tmp_path_factory, mirror):
+    """Fetch, in a fresh copy, from a corrupted mirror and no reachable URL."""
+    project = new_project(tmp_path_factory.mktemp("corrupt"), mirror)
     bad = tmp_path_factory.mktemp("bad-mirror")
     for f in mirror.iterdir():
         shutil.copy(f, bad / f.name)
@@ -82,23 +25,26 @@ def corrupt_fetch(project, tmp_path_factory, mirror):
     data[len(data) // 2] ^= 0xFF  # a flipped byte inside the deflate stream
     (bad / "train-images-idx3-ubyte.gz").write_bytes(bytes(data))
     params = project.params()
-    saved = params["fetch"]["mirrors"]
     params["fetch"].update(mirrors=["http://127.0.0.1:9/"], timeout_s=2, retries=0)
     project.write_params(params)
     result = project.run("dvc", "repro", "fetch", check=False,
                          env={**project.env, "MNIST_MIRROR": str(bad)})
-    params["fetch"]["mirrors"] = saved
-    params["fetch"].update(timeout_s=30, retries=1)
-    project.write_params(params)
+    result.project = project
     return result
 
 
 @pytest.fixture(scope="module")
-def first_repro(project, corrupt_fetch):
-    return project.run("dvc", "repro")
+def project(pipeline_project):
+    return pipeline_project
 
 
-def test_corrupt_mirror_fails_fetch_with_message_and_no_output(project, corrupt_fetch):
+@pytest.fixture(scope="module")
+def first_repro(pipeline_project, pipeline_store):
+    return pipeline_project.repro_result
+
+
+def test_corrupt_mirror_fails_fetch_with_message_and_no_output(corrupt_fetch):
+    project = corrupt_fetch.project
     assert corrupt_fetch.returncode != 0
     output = corrupt_fetch.stdout + corrupt_fetch.stderr
     assert "could not fetch train-images-idx3-ubyte" in output
@@ -122,6 +68,69 @@ def test_repro_produces_outputs_and_clean_status(project, first_repro):
     assert set(summary) == set(ENABLED)
     status = project.run("dvc", "status")
     assert "up to date" in status.stdout
+    assert (project.path / "mlartifacts").is_dir() and not (project.path / "mlruns").exists()
+
+
+def test_promote_picks_best_validation_and_package_builds_a_bento(project, first_repro):
+    summary = json.loads((project.path / "reports/summary/summary.json").read_text())
+    decision = json.loads((project.path / "reports/promote/decision.json").read_text())
+    best = max(summary.values(), key=lambda r: r["val_accuracy"])
+    assert decision["candidate"] == best["candidate"] and decision["alias_moved"]
+    bento = json.loads((project.path / "reports/package/bento.json").read_text())
+    assert bento["onnx_check"]["label_disagreements"] == 0
+    assert bento["onnx_check"]["max_probability_diff"] < 1e-5
+    listed = project.run("bentoml", "list", "-o", "json")
+    assert bento["bento"] in listed.stdout
+    card = (project.path / "reports/package/model_card.md").read_text()
+    assert decision["candidate"] in card and "Limits" in card
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repro):
+    """Differential: `bentoml serve` of the packaged Bento vs evaluate's predictions."""
+    import httpx
+    import numpy as np
+
+    bento = json.loads((project.path / "reports/package/bento.json").read_text())
+    candidate = bento["candidate"]
+    port = free_port()
+    server = subprocess.Popen(["bentoml", "serve", bento["bento"], "--host", "127.0.0.1",
+                               "--port", str(port)], cwd=project.path, env=project.env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"bentoml serve exited: {server.stderr.read()}"
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "bentoml serve not ready in 120 s"
+            time.sleep(0.5)
+        with np.load(project.path / "data/split/test.npz", allow_pickle=False) as test:
+            images = test["images"][:300]
+        with np.load(project.path / f"reports/candidates/{candidate}/predictions.npz",
+                     allow_pickle=False) as reference:
+            labels, probs = reference["labels"][:300], reference["probabilities"][:300]
+        response = httpx.post(f"{url}/predict", timeout=60,
+                              json={"images": images.reshape(300, -1).tolist(), "dtype": "uint8"})
+        assert response.status_code == 200, response.text
+        served = response.json()
+        assert served["labels"] == labels.tolist()
+        np.testing.assert_allclose(np.array(served["probabilities"]), probs, atol=1e-5)
+        info = httpx.post(f"{url}/model_info", json={}, timeout=10).json()
+        assert info["registry_version"] == bento["registry_version"]
+        assert info["candidate"] == candidate
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def test_mlflow_run_has_params_epoch_metrics_model_and_lineage(project, first_repro):
@@ -156,7 +165,9 @@ def test_changing_one_candidates_lr_reruns_only_its_train_and_evaluate(project, 
     params["train"]["candidates"]["mlp128"]["lr"] = 0.002
     project.write_params(params)
     result = project.run("dvc", "repro")
-    assert project.stages_run(result) == ["train@mlp128", "evaluate@mlp128", "summarize"]
+    assert project.stages_run(result)[:3] == ["train@mlp128", "evaluate@mlp128", "summarize"]
+    assert set(project.stages_run(result)) <= {"train@mlp128", "evaluate@mlp128", "summarize",
+                                                "promote", "package"}
 
 
 def test_dvc_exp_run_and_show(project, first_repro):

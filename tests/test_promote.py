@@ -4,7 +4,6 @@ from __future__ import annotations
 
 
 import pytest
-import torch
 
 from pipeline import cli, models, promote, tracking, train
 from pipeline.params import Candidate, MlflowParams, PromoteParams

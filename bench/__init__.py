@@ -1,0 +1,1 @@
+"""Benchmarks that print figures (see ``make bench`` and ``python -m bench.reproduce``)."""

@@ -1,0 +1,150 @@
+"""Speed figures for the pipeline (issues 2 and 3), printed as a table.
+
+    python -m bench.pipeline_bench [--skip-repro] [--skip-training]
+
+Measures on the full data set from the local mirror (MNIST_MIRROR):
+- fetch (read, gunzip, verify four files) plus idx parsing, in process;
+- a full `dvc repro` of a fresh copy of the project with one candidate (mlp128), and a
+  no-op `dvc repro` beside `dvc version` as the baseline of DVC's own start-up;
+- per candidate: training images/s, R1 (10 epochs) and R2 (2 epochs) full runs, and
+  the time to evaluate the 10,000 test images.
+Times are wall-clock seconds on this machine; compare ratios, absolute times are noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from pipeline import fetch, models, normalise, split, train
+from pipeline.evaluate import to_pixels
+from pipeline.params import FetchParams, SplitParams, TrainParams, load_section
+
+ROOT = Path(__file__).resolve().parent.parent
+PARAMS = ROOT / "params.yaml"
+rows: list[tuple[str, str, str]] = []
+
+
+def report(what: str, figure: str, target: str = "") -> None:
+    rows.append((what, figure, target))
+    print(f"{what:<58} {figure:>16}  {target}", flush=True)
+
+
+def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - start)
+    return best, result
+
+
+def bench_fetch(tmp: Path) -> dict:
+    params = load_section(PARAMS, "fetch", FetchParams)
+    raw = tmp / "raw"
+
+    def fetch_and_parse():
+        fetch.fetch_all(params, raw)
+        return split.load_raw(raw, "train"), split.load_raw(raw, "t10k")
+
+    seconds, (train_part, test_part) = timed(fetch_and_parse, repeat=3)
+    report("fetch from local mirror + verify + parse (best of 3)", f"{seconds:.2f} s", "<= 3 s")
+    parts = split.split(train_part, test_part, load_section(PARAMS, "split", SplitParams))
+    stats = normalise.statistics(parts["train"][0], standardise=False)
+    data = {name: (normalise.apply(x, stats), y) for name, (x, y) in parts.items()
+            if name != "test"}
+    return data | {"test_pixels": to_pixels(parts["test"][0])}
+
+
+def run(cmd: list[str], cwd: Path, env: dict) -> float:
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def bench_repro(tmp: Path) -> None:
+    project = tmp / "project"
+    project.mkdir()
+    for name in ["pipeline", "serving", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, project / name)
+    shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
+    params = yaml.safe_load(PARAMS.read_text())
+    params["train"]["enabled"] = ["mlp128"]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "BENTOML_HOME": str(tmp / "bentoml")}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"]):
+        subprocess.run(cmd, cwd=project, check=True, capture_output=True)
+    full = run(["dvc", "repro"], project, env)
+    report("full `dvc repro`, 60,000 images, mlp128, incl. promote+package",
+           f"{full:.1f} s", "<= 90 s")
+    noop = statistics.median(run(["dvc", "repro"], project, env) for _ in range(5))
+    baseline = statistics.median(run(["dvc", "version"], project, env) for _ in range(5))
+    report("no-op `dvc repro` (median of 5)", f"{noop:.2f} s", "<= 1.5 s")
+    report("  baseline: `dvc version` (median of 5)", f"{baseline:.2f} s",
+           f"ratio {noop / baseline:.1f}x")
+
+
+def bench_training(data: dict) -> None:
+    candidates = load_section(PARAMS, "train", TrainParams).candidates
+    to_tensors = lambda part: (torch.from_numpy(part[0]), torch.from_numpy(part[1].astype("int64")))
+    x_train, y_train = to_tensors(data["train"])
+    x_val, y_val = to_tensors(data["val"])
+    pixels = data["test_pixels"]
+    train.set_threads(0)
+    full_runs = {"mlp_tanh16": "<= 5 s (R1, 10 epochs)", "cnn_numpy": "<= 15 s (R2, 2 epochs)"}
+    for name, c in candidates.items():
+        if c.arch == "logreg":
+            continue
+        net = train.build_net(c)
+        if name in full_runs:
+            data_full = train.Data(x_train, y_train, x_val, y_val)
+            seconds, _ = timed(lambda: train.train_torch(net, c, data_full, seed=0))
+            report(f"train {name}, {c.epochs} epochs on 50,000", f"{seconds:.1f} s", full_runs[name])
+        # Throughput on a 10,000-image slice, one epoch (validation pass excluded).
+        n = 10_000
+        short = c.model_copy(update={"epochs": 1})
+        sliced = train.Data(x_train[:n], y_train[:n], x_val[:1], y_val[:1])
+        seconds, _ = timed(lambda: train.train_torch(train.build_net(c), short, sliced, seed=0))
+        report(f"train {name}: images/s (1 epoch of {n:,}, batch {c.batch_size})",
+               f"{n / seconds:,.0f} img/s")
+        predictor = models.Predictor(net, 0.0, 1.0, tta=c.tta).eval()
+        models.predict_proba(predictor, pixels[:100])  # warm-up
+        seconds, _ = timed(lambda: models.predict_proba(predictor, pixels, 2000), repeat=3)
+        report(f"evaluate {name}: 10,000 test images (tta={c.tta})", f"{seconds:.2f} s", "<= 1 s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--skip-repro", action="store_true", help="skip the dvc repro timings")
+    p.add_argument("--skip-training", action="store_true", help="skip per-candidate timings")
+    args = p.parse_args()
+    if not os.environ.get(fetch.MIRROR_ENV):
+        sys.exit(f"set {fetch.MIRROR_ENV} to the offline MNIST mirror (e.g. ../shared/mnist)")
+    print(f"torch threads: {torch.get_num_threads()}, cores: {os.cpu_count()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        data = bench_fetch(Path(tmp))
+        if not args.skip_repro:
+            bench_repro(Path(tmp))
+        if not args.skip_training:
+            bench_training(data)
+
+
+if __name__ == "__main__":
+    main()

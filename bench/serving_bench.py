@@ -1,0 +1,309 @@
+"""Serving speed: a real `bentoml serve` on 127.0.0.1, loaded by `wrk` from another process.
+
+Measures, each for --duration seconds at --concurrency connections (targets in brackets):
+- single-digit /predict, JSON list body and base64 body: req/s, p50, p99 [>= 1,000 req/s,
+  p99 <= 100 ms]; then the base64 case again with batching off (MNIST_MAX_BATCH=1), with
+  BentoML's access log off, and with 1 worker of 2 ONNX Runtime threads;
+- one /predict of 10,000 digits, base64 and JSON list: median of 5 [<= 0.5 s];
+- /predict_image with a 200x200 PNG of a real digit: req/s [>= 300].
+
+In: a model in the BentoML store (--model-tag, with BENTOML_HOME), or, by default, the
+stand-in from serving.fixture_model built into a temporary store (about 10 s). Needs wrk
+(`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
+Out: a table on stdout. Cost: about 2 min. Loopback only; every load run is bounded.
+
+    python -m bench.serving_bench [--model-tag mnist-classifier:latest] [--duration 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil  # a BentoML dependency
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+WRK_SCRIPT = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = os.getenv("CONTENT_TYPE")
+local f = io.open(os.getenv("BODY"), "rb"); wrk.body = f:read("*all"); f:close()
+"""
+
+
+@dataclass
+class LoadResult:
+    requests: int
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """CPU time used so far by the server and its workers (user + system)."""
+        root = psutil.Process(self.pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def serve(env: dict[str, str], log_path: Path) -> Iterator[Server]:
+    """`bentoml serve` in its own process group; yields it once /readyz answers 200."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        "serving.service:MNISTClassifier",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"bentoml serve did not become ready:\n{log_path.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        yield Server(url, process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def wrk(
+    url: str, body: Path, content_type: str, *, duration: int, connections: int, workdir: Path
+) -> LoadResult:
+    script = workdir / "post.lua"
+    script.write_text(WRK_SCRIPT)
+    env = {**os.environ, "BODY": str(body), "CONTENT_TYPE": content_type}
+    command = [
+        "wrk",
+        "-t1",
+        f"-c{connections}",
+        f"-d{duration}s",
+        "--latency",
+        "--timeout",
+        "5s",
+        "-s",
+        str(script),
+        url,
+    ]
+    out = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=duration + 60
+    ).stdout
+
+    def latency_ms(percentile: str) -> float:
+        value, unit = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    errors += sum(map(int, socket_errors.groups())) if socket_errors else 0
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    return LoadResult(count, rate, latency_ms("50"), latency_ms("99"), errors)
+
+
+def batch_counts(url: str) -> tuple[float, float]:
+    """(model runs, digits run) so far, summed over workers, from the service's histogram."""
+    text = httpx.get(f"{url}/metrics").text
+
+    def value(name: str) -> float:
+        found = re.search(rf"^{name} ([\d.e+]+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    return value("mnist_model_batch_rows_count"), value("mnist_model_batch_rows_sum")
+
+
+def time_big_request(url: str, body: bytes, repeats: int = 5) -> tuple[float, int]:
+    """Median seconds for one POST of `body` (connection kept warm), and its status."""
+    times, status = [], 0
+    with httpx.Client(timeout=60) as client:
+        client.post(f"{url}/model_info", json={})  # open the connection first
+        for _ in range(repeats):
+            start = time.perf_counter()
+            response = client.post(
+                f"{url}/predict", content=body, headers={"Content-Type": "application/json"}
+            )
+            times.append(time.perf_counter() - start)
+            status = response.status_code
+    return statistics.median(times), status
+
+
+def png_of(digit: np.ndarray, size: int = 200) -> bytes:
+    """A real digit as a person might draw it: size x size PNG, dark ink on white."""
+    ink = Image.fromarray(digit).resize((size // 2, size // 2), Image.Resampling.BICUBIC)
+    canvas = Image.new("L", (size, size), 0)
+    canvas.paste(ink, (size // 4, size // 4))
+    buffer = io.BytesIO()
+    Image.fromarray(255 - np.asarray(canvas)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model-tag", help="a model already in the store BENTOML_HOME points at")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("this benchmark needs wrk: apt-get install -y wrk")
+
+    from serving.fixture_model import load_mnist, mnist_mirror
+
+    workdir = Path(tempfile.mkdtemp(prefix="serving_bench_"))
+    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    if args.model_tag:
+        tag = args.model_tag
+    else:
+        env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(workdir / "bentoml")
+        from serving.fixture_model import build
+
+        tag = str(build(mnist_mirror()).tag)
+    env["MNIST_MODEL_TAG"] = tag
+
+    digits, _ = load_mnist(mnist_mirror(), "t10k")  # (10000, 28, 28) uint8
+    bodies = {
+        "list": json.dumps({"images": digits[:1].tolist()}).encode(),
+        "b64": json.dumps({"images_b64": base64.b64encode(digits[:1].tobytes()).decode()}).encode(),
+        "10k_b64": json.dumps({"images_b64": base64.b64encode(digits.tobytes()).decode()}).encode(),
+        "10k_list": json.dumps(
+            {"images": digits.reshape(-1, 784).tolist()}, separators=(",", ":")
+        ).encode(),
+    }
+    for name, body in bodies.items():
+        (workdir / f"{name}.json").write_bytes(body)
+    (workdir / "digit.png").write_bytes(png_of(digits[0]))
+
+    rows: list[tuple[str, str, str]] = []
+
+    def load(
+        label: str, server: Server, route: str, body: Path, content_type: str, target: str
+    ) -> None:
+        runs_before, rows_before = batch_counts(server.url)
+        cpu_before = server.cpu_seconds()
+        result = wrk(
+            f"{server.url}{route}",
+            body,
+            content_type,
+            duration=args.duration,
+            connections=args.concurrency,
+            workdir=workdir,
+        )
+        cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
+        runs_after, rows_after = batch_counts(server.url)
+        runs, digits = runs_after - runs_before, rows_after - rows_before
+        figures = (
+            f"{result.requests_per_s:6.0f} req/s  p50 {result.p50_ms:5.1f} ms  "
+            f"p99 {result.p99_ms:5.1f} ms  server CPU {cpu_ms:4.2f} ms/req  "
+            f"{digits / max(runs, 1):4.1f} digits/run"
+        )
+        if result.errors:
+            figures += f"  ERRORS {result.errors}"
+        rows.append((label, figures, target))
+        print(f"{label}: {figures}", flush=True)
+
+    load_average = os.getloadavg()[0]
+    with serve(env, workdir / "serve.log") as server:
+        url = server.url
+        for name in ("list", "b64"):
+            load(
+                f"predict 1 digit ({name} body, {len(bodies[name])} B)",
+                server,
+                "/predict",
+                workdir / f"{name}.json",
+                "application/json",
+                ">= 1000 req/s, p99 <= 100 ms",
+            )
+        for name in ("10k_b64", "10k_list"):
+            seconds, status = time_big_request(url, bodies[name])
+            figures = f"{seconds:7.3f} s (HTTP {status}, {len(bodies[name]) / 2**20:.1f} MiB body)"
+            rows.append((f"predict 10,000 digits ({name[4:]} body)", figures, "<= 0.5 s"))
+            print(f"{rows[-1][0]}: {figures}", flush=True)
+        load(
+            "predict_image 200x200 PNG",
+            server,
+            "/predict_image",
+            workdir / "digit.png",
+            "image/png",
+            ">= 300 req/s",
+        )
+    no_access_log = "services.MNISTClassifier.logging.access.enabled=false"
+    variants = {
+        "batching off": {"MNIST_MAX_BATCH": "1"},
+        "access log off": {"BENTOML_CONFIG_OPTIONS": no_access_log},
+        "1 worker, 2 ONNX threads": {"MNIST_WORKERS": "1", "MNIST_ORT_THREADS": "2"},
+    }
+    for name, overrides in variants.items():
+        with serve({**env, **overrides}, workdir / "serve_variant.log") as variant:
+            load(
+                f"predict 1 digit (b64), {name}",
+                variant,
+                "/predict",
+                workdir / "b64.json",
+                "application/json",
+                "against the default above",
+            )
+
+    width = max(len(label) for label, _, _ in rows)
+    print(
+        f"\nserving benchmark: model {tag}, {args.concurrency} connections, "
+        f"{args.duration} s per run, {os.cpu_count()} cores, "
+        f"load average {load_average:.1f} at start"
+    )
+    for label, figures, target in rows:
+        print(f"  {label:<{width}}  {figures}   [{target}]")
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

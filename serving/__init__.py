@@ -1,0 +1,1 @@
+"""BentoML service for the MNIST classifier: `serving.service:MNISTClassifier`."""

@@ -1,0 +1,1 @@
+"""Tests of serving/: the BentoML service, its preprocessing and batching."""

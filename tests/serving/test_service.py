@@ -1,0 +1,105 @@
+"""Depth 1: the service class called as plain Python (model loading, predict paths,
+model_info, refusals), checked against ONNX Runtime run directly on the same model."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.serving.images import image_variants
+
+
+def direct_onnx(model_path: Path, digits: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 10) probabilities straight from ONNX Runtime."""
+    from serving.service import make_session  # imported late: it reads MNIST_MODEL_TAG
+
+    session = make_session(model_path / "model.onnx")
+    pixels = (digits.astype(np.float32) / np.float32(255))[:, None]  # (N, 1, 28, 28)
+    return session.run(["probabilities"], {"images": pixels})[0]
+
+
+def test_predict_is_accurate_and_equals_onnx_runtime_exactly(
+    service: Any, model_path: Path, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    digits, labels = test_digits
+    result = asyncio.run(service.predict(images=digits.tolist()))
+    probabilities = np.array(result.probabilities, dtype=np.float32)
+    assert probabilities.shape == (300, 10)
+    np.testing.assert_array_equal(probabilities, direct_onnx(model_path, digits))
+    np.testing.assert_array_equal(result.labels, probabilities.argmax(axis=1))
+    assert np.mean(np.array(result.labels) == labels) > 0.85  # chance is 0.1
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_every_encoding_of_the_same_digits_gives_the_same_answer(
+    service: Any, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    digits = test_digits[0][:50]
+    answers = [
+        asyncio.run(service.predict(images=digits.tolist())),
+        asyncio.run(service.predict(images=digits.reshape(50, 784).tolist())),
+        asyncio.run(service.predict(images=(digits / 255).tolist(), dtype="float32")),
+        asyncio.run(service.predict(images_b64=base64.b64encode(digits.tobytes()).decode())),
+        asyncio.run(
+            service.predict(
+                images_b64=base64.b64encode((digits / 255).astype("<f4").tobytes()).decode(),
+                dtype="float32",
+            )
+        ),
+    ]
+    for answer in answers[1:]:
+        assert answer == answers[0]
+
+
+def test_predict_image_reads_digits_as_people_send_them(
+    service: Any, test_digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    digits, labels = test_digits
+    right = total = 0
+    for digit, label in zip(digits[:20], labels[:20], strict=True):
+        for data in image_variants(digit).values():
+            result = asyncio.run(service.predict_image(data))
+            assert len(result.probabilities) == 10 and result.label == int(
+                np.argmax(result.probabilities)
+            )
+            preprocessed = np.array(result.preprocessed)
+            assert (
+                preprocessed.shape == (28, 28)
+                and 0 <= preprocessed.min()
+                and preprocessed.max() == 255
+            )
+            right += result.label == label
+            total += 1
+    assert right / total > 0.8
+
+
+def test_model_info_passes_info_json_through(
+    service: Any, model_path: Path, model_tag: str
+) -> None:
+    info = asyncio.run(service.model_info())
+    stored = json.loads((model_path / "info.json").read_text())
+    assert {key: info[key] for key in stored} == stored
+    assert info["bentoml_tag"] == model_tag
+    assert info["limits"]["max_images_per_request"] == 10_000
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({}, "exactly one of"),
+        ({"images": [[0] * 784], "images_b64": "AAAA"}, "exactly one of"),
+        ({"images": [[0] * 783]}, "expected [N, 28, 28] or [N, 784]"),
+        ({"images_b64": "%%%"}, "not valid base64"),
+    ],
+)
+def test_bad_input_raises_a_validation_error_naming_the_problem(
+    service: Any, arguments: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[")):
+        asyncio.run(service.predict(**arguments))
