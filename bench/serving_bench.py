@@ -24,8 +24,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -40,6 +38,8 @@ import httpx
 import numpy as np
 import psutil  # a BentoML dependency
 from PIL import Image
+
+from serving.launch import ServeError, bentoml_serve
 
 REPO = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = """
@@ -69,51 +69,15 @@ class Server:
         return sum(sum(p.cpu_times()[:2]) for p in [root, *root.children(recursive=True)])
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def serve(env: dict[str, str], log_path: Path) -> Iterator[Server]:
-    """`bentoml serve` in its own process group; yields it once /readyz answers 200."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:MNISTClassifier",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-    url = f"http://127.0.0.1:{port}"
+    """`bentoml serve` of the service; exits with its log if it does not get ready."""
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"bentoml serve did not become ready:\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.3)
-        yield Server(url, process.pid)
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        with bentoml_serve("serving.service:MNISTClassifier", env=env, cwd=REPO,
+                           log_path=log_path) as served:
+            yield Server(served.url, served.pid)
+    except ServeError as error:
+        sys.exit(str(error))
 
 
 def wrk(

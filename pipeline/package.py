@@ -25,7 +25,7 @@ import yaml
 from pipeline import atomic, cli, models, tracking
 from pipeline.evaluate import load_predictor, to_pixels
 from pipeline.params import Candidate, MlflowParams, PromoteParams, load_section
-from serving.contract import INFO_FILE, INPUT_NAME, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
+from serving.contract import INPUT_NAME, OUTPUT_NAME, store_model
 
 MAX_PROB_DIFF = 1e-5
 BENTOFILE = Path(__file__).resolve().parent.parent / "serving" / "bentofile.yaml"
@@ -95,22 +95,6 @@ out of scope and still get a confident-looking answer. Probabilities are not cal
 """
 
 
-def store_model(onnx_bytes: bytes, info: dict):
-    """Create the BentoML model the service loads (see serving/contract.py)."""
-    import bentoml
-
-    with bentoml.models.create(
-        name=MODEL_NAME,
-        labels={"candidate": info["candidate"], "registry_version": str(info["registry_version"])},
-        metadata={"registry_model": info["registry_model"],
-                  "registry_version": str(info["registry_version"]),
-                  "git_commit": info["git_commit"], **info["metrics"]},
-    ) as model_ref:
-        Path(model_ref.path, MODEL_FILE).write_bytes(onnx_bytes)
-        Path(model_ref.path, INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True))
-    return model_ref
-
-
 def build_bento(model_tag: str, card: Path, out: Path) -> str:
     """``bentoml build`` with the model card as description; returns the Bento tag."""
     context = BENTOFILE.parent.parent  # the repository root: paths in the bentofile start here
@@ -151,7 +135,8 @@ def main(args) -> None:
     out: Path = args.out
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
     atomic.write_text(out / "model_card.md", model_card(info, check))
-    model_ref = store_model(onnx_bytes, info)
+    model_ref = store_model(onnx_bytes, info, labels={
+        "candidate": info["candidate"], "registry_version": info["registry_version"]})
     bento_tag = build_bento(str(model_ref.tag), out / "model_card.md", out)
     atomic.write_json(out / "bento.json", {"bento": bento_tag, "model": str(model_ref.tag),
                                            "registry_version": info["registry_version"],

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import json
 import os
 import tempfile
 import warnings
@@ -28,7 +27,7 @@ import torch
 from torch import nn
 
 from pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
-from serving.contract import INFO_FILE, INPUT_NAME, MODEL_FILE, MODEL_NAME, OUTPUT_NAME
+from serving.contract import INPUT_NAME, MODEL_FILE, MODEL_NAME, OUTPUT_NAME, store_model
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after /255
 DEFAULT_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mnist"
@@ -126,19 +125,6 @@ def export_onnx(model: TinyMLP, path: Path) -> None:
         )
 
 
-def save_to_store(onnx_path: Path, info: dict[str, object]) -> bentoml.Model:
-    """Create the `mnist-classifier` BentoML model from an ONNX file and its info."""
-    with bentoml.models.create(
-        name=MODEL_NAME,
-        labels={"source": "serving.fixture_model"},
-        metadata={"candidate": str(info["candidate"])},
-    ) as model_ref:
-        target = Path(model_ref.path)
-        (target / MODEL_FILE).write_bytes(onnx_path.read_bytes())
-        (target / INFO_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return bentoml.models.get(model_ref.tag)  # the stored copy, not the temporary folder
-
-
 def build(mirror: Path, *, train_count: int = 10_000, seed: int = 0) -> bentoml.Model:
     """Train, export and store the stand-in model; return the stored BentoML model."""
     train_images, train_labels = load_mnist(mirror, "train", train_count)
@@ -156,7 +142,8 @@ def build(mirror: Path, *, train_count: int = 10_000, seed: int = 0) -> bentoml.
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         export_onnx(model, onnx_path)
-        return save_to_store(onnx_path, info)
+        return store_model(onnx_path.read_bytes(), info,
+                           labels={"source": "serving.fixture_model"})
 
 
 def main() -> None:

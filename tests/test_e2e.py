@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import time
 
 import pytest
 
+from serving.launch import bentoml_serve
 from tests.conftest import ENABLED, new_project
 
 pytestmark = pytest.mark.slow
@@ -85,12 +83,6 @@ def test_promote_picks_best_validation_and_package_builds_a_bento(project, first
     assert decision["candidate"] in card and "Limits" in card
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repro):
     """Differential: `bentoml serve` of the packaged Bento vs evaluate's predictions."""
     import httpx
@@ -98,22 +90,9 @@ def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repr
 
     bento = json.loads((project.path / "reports/package/bento.json").read_text())
     candidate = bento["candidate"]
-    port = free_port()
-    server = subprocess.Popen(["bentoml", "serve", bento["bento"], "--host", "127.0.0.1",
-                               "--port", str(port)], cwd=project.path, env=project.env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 120
-        while True:
-            assert server.poll() is None, f"bentoml serve exited: {server.stderr.read()}"
-            try:
-                if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "bentoml serve not ready in 120 s"
-            time.sleep(0.5)
+    with bentoml_serve(bento["bento"], env=project.env, cwd=project.path,
+                       log_path=project.path / "serve.log") as served:
+        url = served.url
         with np.load(project.path / "data/split/test.npz", allow_pickle=False) as test:
             images = test["images"][:300]
         with np.load(project.path / f"reports/candidates/{candidate}/predictions.npz",
@@ -122,15 +101,12 @@ def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repr
         response = httpx.post(f"{url}/predict", timeout=60,
                               json={"images": images.reshape(300, -1).tolist(), "dtype": "uint8"})
         assert response.status_code == 200, response.text
-        served = response.json()
-        assert served["labels"] == labels.tolist()
-        np.testing.assert_allclose(np.array(served["probabilities"]), probs, atol=1e-5)
+        answer = response.json()
+        assert answer["labels"] == labels.tolist()
+        np.testing.assert_allclose(np.array(answer["probabilities"]), probs, atol=1e-5)
         info = httpx.post(f"{url}/model_info", json={}, timeout=10).json()
         assert info["registry_version"] == bento["registry_version"]
         assert info["candidate"] == candidate
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_mlflow_run_has_params_epoch_metrics_model_and_lineage(project, first_repro):

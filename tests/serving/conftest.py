@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import importlib
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
+
+from serving.launch import bentoml_serve
 
 REPO = Path(__file__).resolve().parents[2]
 MIRROR = Path(os.environ.get("MNIST_MIRROR") or REPO.parent / "shared" / "mnist")
@@ -102,65 +99,16 @@ def server(
     model_tag: str, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Depth 3: `bentoml serve` in a subprocess on 127.0.0.1; yields its base URL."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("server") / "serve.log"
     env = {
         **os.environ,
         "MNIST_WORKERS": "1",
         "BENTOML_HOME": str(bentoml_home),
         "MNIST_MODEL_TAG": model_tag,
     }
-    command = [
-        sys.executable,
-        "-m",
-        "bentoml",
-        "serve",
-        "serving.service:MNISTClassifier",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-    ]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )  # its own process group, to stop it whole
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log_path)
-        yield url
-    finally:
-        stop(process)
-
-
-def wait_ready(
-    url: str, process: subprocess.Popen[bytes], log_path: Path, timeout: float = 90
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(
-                f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"bentoml serve not ready after {timeout} s:\n{log_path.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """SIGTERM the server's process group (the server and its workers), SIGKILL if it lingers."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    log_path = tmp_path_factory.mktemp("server") / "serve.log"
+    with bentoml_serve("serving.service:MNISTClassifier", env=env, cwd=REPO,
+                       log_path=log_path, timeout=90) as served:
+        yield served.url
 
 
 @pytest.fixture(scope="session")
