@@ -11,7 +11,13 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install run test bench ui clean
+.PHONY: install run test bench reproduce ui clean system-tools
+
+# Debian packages the browser tests and the load benchmark drive (as root, e.g. in CI).
+system-tools:
+	@command -v chromium >/dev/null && command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium wrk >/dev/null; \
+	  else echo "please install chromium and wrk (Debian: apt-get install chromium wrk)"; fi; }
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -20,14 +26,18 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-run: install            ## fetch, split, normalise, train, evaluate, summarize (dvc repro)
+run: install            ## the whole pipeline: fetch ... train, evaluate ... promote, package
 	dvc repro
 
-test: install           ## the whole test suite (CI runs exactly this)
+test: install system-tools  ## the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
 
-bench: install          ## speed figures (prints them; see README)
+bench: install system-tools  ## speed figures (prints them; see README)
 	$(PY) -m bench.pipeline_bench
+	$(PY) -m bench.serving_bench
+
+reproduce: install      ## the R1-R5 reproduction table, several seeds on full data (slow)
+	$(PY) -m bench.reproduce
 
 ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
