@@ -116,7 +116,9 @@ def new_project(path: Path, mirror: Path) -> Project:
             shutil.copy(src, dst)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
            "MNIST_MIRROR": str(mirror), "BENTOML_HOME": str(path / ".bentoml-home")}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    # Set by other test modules' fixtures; a user's shell has neither.
+    for name in ("MLFLOW_TRACKING_URI", "MNIST_MODEL_TAG", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(name, None)
     project = Project(path, env)
     project.write_params(small_profile(project.params()))
     project.run("git", "init", "-q")
