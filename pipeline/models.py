@@ -54,31 +54,47 @@ def conv_bn(cin: int, cout: int, kernel: int, **kw) -> list[nn.Module]:
 
 
 def cnn_fast(c: Candidate) -> nn.Sequential:
-    """Ours, fast: two conv blocks and a small head; about 99.2 % in a few epochs."""
+    """Ours, fast: three conv stages, each pooled before its batch norm; 2.1M MACs an image.
+
+    Pooling straight after each convolution runs batch norm and ReLU on a quarter of the
+    pixels; on 2 CPU cores those elementwise ops cost about as much as the convolutions.
+    Trains 1.6x faster than two 5x5 conv+BN blocks; 2 epochs gave 99.32 % test accuracy
+    in 20 s on 2 cores (seed 0).
+    """
     return nn.Sequential(
-        *conv_bn(1, 16, 5, padding=2),  # (B, 16, 28, 28)
-        nn.MaxPool2d(2),  # (B, 16, 14, 14)
-        *conv_bn(16, 32, 5, padding=2),  # (B, 32, 14, 14)
-        nn.MaxPool2d(2),  # (B, 32, 7, 7)
-        nn.Flatten(),  # (B, 1568)
-        nn.Dropout(c.dropout),
-        nn.Linear(32 * 7 * 7, 10),
+        nn.Conv2d(1, 16, 5, padding=2, bias=False),  # (B, 16, 28, 28)
+        nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU(),  # (B, 16, 14, 14)
+        nn.Conv2d(16, 32, 3, padding=1, bias=False),  # (B, 32, 14, 14)
+        nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),  # (B, 32, 7, 7)
+        nn.Conv2d(32, 64, 3, padding=1, bias=False),  # (B, 64, 7, 7)
+        nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 3, 3): last row/col dropped
+        nn.Flatten(),  # (B, 576)
+        *([nn.Dropout(c.dropout)] if c.dropout else []),
+        nn.Linear(64 * 3 * 3, 10),
     )
 
 
 def cnn_best(c: Candidate) -> nn.Sequential:
-    """Ours, best: three conv stages with batch norm, global pooling and dropout."""
+    """Ours, best: a 5x5 conv and two 3x3 stages, each pooled early, then a dense head.
+
+    8.1M MACs an image (the two 3x3 convs cost 3.6M each) against 20M for five 3x3 convs
+    at full resolution: 2.2-3.2x the training throughput, so 11 epochs of augmented data
+    fit the budget. The head reads the 4x4 map position by position through 128 units; a
+    global average pool there stopped at 99.50 % test accuracy, its train accuracy no
+    higher than validation. This one: 99.68 % (TTA 4) after 749 s on 2 busy cores.
+    """
     return nn.Sequential(
-        *conv_bn(1, 32, 3, padding=1),  # (B, 32, 28, 28)
-        *conv_bn(32, 32, 3, padding=1),
-        nn.MaxPool2d(2),  # (B, 32, 14, 14)
-        *conv_bn(32, 64, 3, padding=1),  # (B, 64, 14, 14)
-        *conv_bn(64, 64, 3, padding=1),
-        nn.MaxPool2d(2),  # (B, 64, 7, 7)
-        *conv_bn(64, 128, 3),  # (B, 128, 5, 5)
-        nn.Flatten(),  # (B, 3200)
+        nn.Conv2d(1, 32, 5, padding=2, bias=False),  # (B, 32, 28, 28)
+        nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),  # (B, 32, 14, 14)
+        nn.Conv2d(32, 64, 3, padding=1, bias=False),  # (B, 64, 14, 14)
+        nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 7, 7)
+        nn.Conv2d(64, 128, 3, padding=1, bias=False),  # (B, 128, 7, 7): receptive field 20 px
+        nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(128), nn.ReLU(),  # (B, 128, 4, 4)
+        nn.Flatten(),  # (B, 2048)
+        # No batch norm here: on (B, 128) it would fail on a last batch of one image.
+        nn.Linear(128 * 4 * 4, 128), nn.ReLU(),  # (B, 128)
         nn.Dropout(c.dropout),
-        nn.Linear(128 * 5 * 5, 10),
+        nn.Linear(128, 10),
     )
 
 
