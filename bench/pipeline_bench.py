@@ -107,12 +107,12 @@ def bench_training(data: dict) -> None:
     x_train, y_train = to_tensors(data["train"])
     x_val, y_val = to_tensors(data["val"])
     pixels = data["test_pixels"]
-    train.set_threads(0)
     full_runs = {"mlp_tanh16": "<= 5 s (R1, 10 epochs)", "cnn_numpy": "<= 15 s (R2, 2 epochs)"}
     for name, c in candidates.items():
         if c.arch == "logreg":
             continue
         net = train.build_net(c)
+        threads = train.set_threads(0, c.arch)
         if name in full_runs:
             data_full = train.Data(x_train, y_train, x_val, y_val)
             seconds, _ = timed(lambda: train.train_torch(net, c, data_full, seed=0))
@@ -122,7 +122,8 @@ def bench_training(data: dict) -> None:
         short = c.model_copy(update={"epochs": 1})
         sliced = train.Data(x_train[:n], y_train[:n], x_val[:1], y_val[:1])
         seconds, _ = timed(lambda: train.train_torch(train.build_net(c), short, sliced, seed=0))
-        report(f"train {name}: images/s (1 epoch of {n:,}, batch {c.batch_size})",
+        report(f"train {name}: images/s (1 epoch of {n:,}, batch {c.batch_size}, "
+               f"{threads} thread{'s' if threads > 1 else ''})",
                f"{n / seconds:,.0f} img/s")
         predictor = models.Predictor(net, 0.0, 1.0, tta=c.tta).eval()
         models.predict_proba(predictor, pixels[:100])  # warm-up

@@ -104,7 +104,7 @@ def main(args) -> None:
     if args.candidate not in train_params.candidates:
         raise cli.StageError(f"train.candidates: no candidate named {args.candidate!r}")
     candidate = train_params.candidates[args.candidate]
-    set_threads(train_params.threads)
+    set_threads(train_params.threads, candidate.arch)
     stats = atomic.read_json(args.stats)
     run = atomic.read_json(args.model / "run.json")
     predictor = load_predictor(candidate, args.model / "weights.safetensors", stats)

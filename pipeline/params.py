@@ -90,7 +90,7 @@ class TrainParams(Section):
     # Which candidates `dvc repro` trains; each must be a key of `candidates`.
     enabled: list[str] = Field(min_length=1)
     seed: Seed = 0
-    threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = all cores
+    threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = auto (see train.set_threads)
     candidates: dict[str, Candidate] = Field(min_length=1)
 
     @model_validator(mode="after")

@@ -47,8 +47,12 @@ class Data:
     y_val: torch.Tensor
 
 
-def set_threads(threads: int) -> int:
-    n = threads or os.cpu_count() or 1
+def set_threads(threads: int, arch: str = "cnn_fast") -> int:
+    """Torch intra-op threads: ``threads`` if set, else 1 for the small dense models and
+    every core for the CNNs. An MLP step is a few tiny ops that a second thread barely
+    speeds up (R4: 2.3 -> 1.7 ms a step on an idle machine) but that slow down many
+    times over when another process holds a core and the threads wait on each other."""
+    n = threads or (os.cpu_count() or 1 if arch in models.CNNS else 1)
     torch.set_num_threads(n)
     return n
 
@@ -200,7 +204,7 @@ def main(args) -> None:
         raise cli.StageError(f"train.candidates: no candidate named {args.candidate!r}; "
                              f"known: {sorted(params.candidates)}")
     c = params.candidates[args.candidate]
-    threads = set_threads(params.threads)
+    threads = set_threads(params.threads, c.arch)
     torch.manual_seed(params.seed)
     data = load_data(args.data, c, params.seed)
     stats = atomic.read_json(args.data / "stats.json")
