@@ -10,6 +10,8 @@ Endpoints (all POST, as BentoML routes its APIs):
 - /predict_image  the PNG/JPEG file itself as the body (Content-Type image/png, image/jpeg
                   or application/octet-stream) -> {"label", "probabilities", "preprocessed"}
 - /model_info     {} -> info.json of the model, plus its BentoML tag and the size limits
+- GET /ui/        a page to draw or upload a digit and see what the model makes of it
+                  (serving/ui.py, serving/static/)
 BentoML adds GET /livez, /readyz (ready once a worker has loaded and warmed the model)
 and /metrics (Prometheus). Bad input gets a 4xx with a JSON body: 400 {"error": ...,
 "detail": [{"loc": [field], "msg": what is wrong}]}; 413/415 {"error": ...} for a body
@@ -37,7 +39,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving import preprocess
+from serving import preprocess, ui
 from serving.batching import MicroBatcher
 from serving.contract import (
     IMAGE_SIDE,
@@ -129,12 +131,14 @@ UNTRACED_ROUTES = [
     "/readyz",
     "/healthz",
     "/metrics",
+    "/ui",
 ]  # regexes
 
 
 @bentoml.service(
     workers=WORKERS, traffic={"timeout": 30}, tracing={"excluded_urls": UNTRACED_ROUTES}
 )
+@bentoml.asgi_app(ui.app, path="/ui", name="ui")  # BentoML keeps its OpenAPI UI at /
 class MNISTClassifier:
     """Classifies handwritten digits (MNIST) with an ONNX model."""
 

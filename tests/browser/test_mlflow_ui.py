@@ -1,0 +1,227 @@
+"""The MLflow side as a user meets it: `mlflow ui` on 127.0.0.1 over the store a full
+`dvc repro` left behind. Through its REST API and in Chromium, the experiment lists the
+pipeline's runs (one per candidate, with validation and test accuracy) and the registered
+model carries the `champion` alias on a version logged by one of those runs.
+
+`pipeline_store` comes from tests/conftest.py: the project folder after `dvc repro`
+(mlflow.db, params.yaml, ...). The server reads a copy of mlflow.db, so a schema upgrade
+on start-up cannot touch the original.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from playwright.sync_api import expect
+
+from serving.launch import free_port, stop
+
+pytestmark = pytest.mark.slow
+
+START_TIMEOUT = 180  # s; mlflow 3 takes ~30 s to start on 2 busy cores
+
+
+@pytest.fixture(scope="module")
+def pipeline_params(pipeline_store: Path) -> dict[str, Any]:
+    """Names the pipeline used: experiment, registered model, candidates trained."""
+    params = yaml.safe_load((pipeline_store / "params.yaml").read_text())
+    return {
+        "store": pipeline_store / params["mlflow"]["store"],
+        "experiment": params["mlflow"]["experiment"],
+        "model": params["promote"]["registered_model"],
+        "candidates": list(params["train"]["enabled"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def mlflow_ui(
+    pipeline_params: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`mlflow ui` on a free port over a copy of the pipeline's store; yields its URL."""
+    folder = tmp_path_factory.mktemp("mlflow_ui")
+    shutil.copy2(pipeline_params["store"], folder / "mlflow.db")
+    port = free_port()
+    command = [
+        *(sys.executable, "-m", "mlflow", "ui"),
+        *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+    ]
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
+    log_path = folder / "mlflow_ui.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=folder,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, to stop it and its workers whole
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while not _healthy(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"mlflow ui did not start ({process.poll()=}):\n{log_path.read_text()[-3000:]}"
+                )
+            time.sleep(0.5)
+        yield url
+    finally:
+        stop(process)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/health", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def api(url: str, endpoint: str, **query: Any) -> dict[str, Any]:
+    response = httpx.get(f"{url}/api/2.0/mlflow/{endpoint}", params=query, timeout=30)
+    assert response.status_code == 200, f"{endpoint}: {response.status_code} {response.text}"
+    return response.json()
+
+
+@pytest.fixture(scope="module")
+def tracked(mlflow_ui: str, pipeline_params: dict[str, Any]) -> dict[str, Any]:
+    """What the REST API says: the experiment, its runs, the registered model."""
+    experiment = api(
+        mlflow_ui, "experiments/get-by-name", experiment_name=pipeline_params["experiment"]
+    )["experiment"]
+    response = httpx.post(
+        f"{mlflow_ui}/api/2.0/mlflow/runs/search",
+        json={"experiment_ids": [experiment["experiment_id"]], "max_results": 1000},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    runs = response.json().get("runs", [])
+    model = api(mlflow_ui, "registered-models/get", name=pipeline_params["model"])
+    return {"experiment": experiment, "runs": runs, "model": model["registered_model"]}
+
+
+def tags(run: dict[str, Any]) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in run["data"].get("tags", [])}
+
+
+def metrics(run: dict[str, Any]) -> dict[str, float]:
+    return {metric["key"]: metric["value"] for metric in run["data"].get("metrics", [])}
+
+
+def evaluated_runs(runs: list[dict[str, Any]], candidate: str) -> list[dict[str, Any]]:
+    """Finished runs of a candidate that carry both its validation and test accuracy."""
+    return [
+        run
+        for run in runs
+        if tags(run).get("candidate") == candidate
+        and run["info"]["status"] == "FINISHED"
+        and {"final_val_accuracy", "test_accuracy"} <= metrics(run).keys()
+    ]
+
+
+def champion(tracked: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the version with the champion alias, the run that logged it)."""
+    aliases = {alias["alias"]: alias["version"] for alias in tracked["model"].get("aliases", [])}
+    assert "champion" in aliases, f"aliases of the registered model: {aliases}"
+    version = next(
+        v for v in tracked["model"]["latest_versions"] if v["version"] == aliases["champion"]
+    )
+    runs = {run["info"]["run_id"]: run for run in tracked["runs"]}
+    assert version["run_id"] in runs, "the champion was not logged by a run of the experiment"
+    return version, runs[version["run_id"]]
+
+
+def test_rest_api_lists_each_candidates_run_with_its_accuracies(
+    tracked: dict[str, Any], pipeline_params: dict[str, Any]
+) -> None:
+    assert tracked["experiment"]["lifecycle_stage"] == "active"
+    for candidate in pipeline_params["candidates"]:
+        runs = evaluated_runs(tracked["runs"], candidate)
+        assert runs, f"no finished run of {candidate} with final_val_accuracy and test_accuracy"
+        for run in runs:
+            assert run["info"]["run_name"] == candidate
+            for name in ("final_val_accuracy", "test_accuracy"):
+                assert 0.5 < metrics(run)[name] <= 1.0, (candidate, name, metrics(run)[name])
+
+
+def test_rest_api_shows_the_champion_alias_on_a_pipeline_run(
+    tracked: dict[str, Any], pipeline_params: dict[str, Any]
+) -> None:
+    version, run = champion(tracked)
+    candidate = tags(run)["candidate"]
+    assert candidate in pipeline_params["candidates"]
+    assert version["status"] == "READY"
+    version_tags = {tag["key"]: tag["value"] for tag in version.get("tags", [])}
+    assert version_tags.get("candidate") == candidate
+    assert run in evaluated_runs(tracked["runs"], candidate)
+
+
+@pytest.fixture
+def page(browser: Any, mlflow_ui: str) -> Iterator[Any]:
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    foreign: list[str] = []
+    page.on(
+        "request",
+        lambda r: foreign.append(r.url) if not r.url.startswith((mlflow_ui, "data:")) else None,
+    )
+    yield page
+    context.close()
+    assert foreign == [], f"the MLflow UI reached other origins: {foreign}"
+
+
+def test_experiment_page_lists_the_runs_and_their_metrics(
+    page: Any,
+    mlflow_ui: str,
+    tracked: dict[str, Any],
+    pipeline_params: dict[str, Any],
+    artifacts: Path,
+) -> None:
+    experiment_id = tracked["experiment"]["experiment_id"]
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs")
+    for candidate in pipeline_params["candidates"]:
+        expect(page.get_by_role("link", name=candidate, exact=True).first).to_be_visible(
+            timeout=60_000
+        )
+    expected_count = len(tracked["runs"])
+    expect(page.get_by_text(f"{expected_count} matching runs")).to_be_visible()
+    page.screenshot(path=str(artifacts / "mlflow_experiment_runs.png"))
+
+    _, run = champion(tracked)
+    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}")
+    for name in ("final_val_accuracy", "test_accuracy"):
+        cell = page.get_by_role("cell", name=name, exact=True).first
+        expect(cell).to_be_visible(timeout=60_000)
+        shown = page.get_by_role("row").filter(has=cell).first.inner_text()
+        numbers = [float(n) for n in re.findall(r"\d+\.\d+", shown)]
+        assert any(abs(n - metrics(run)[name]) < 1e-3 for n in numbers), (name, shown)
+    page.screenshot(path=str(artifacts / "mlflow_champion_run.png"), full_page=True)
+
+
+def test_model_page_shows_the_champion_alias(
+    page: Any,
+    mlflow_ui: str,
+    tracked: dict[str, Any],
+    pipeline_params: dict[str, Any],
+    artifacts: Path,
+) -> None:
+    version, _ = champion(tracked)
+    page.goto(f"{mlflow_ui}/#/models/{pipeline_params['model']}")
+    version_row = page.get_by_role("row").filter(
+        has=page.get_by_role("link", name=f"Version {version['version']}", exact=True)
+    )
+    expect(version_row).to_have_count(1, timeout=60_000)
+    expect(version_row.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible()
+    page.screenshot(path=str(artifacts / "mlflow_registered_model.png"))
