@@ -66,6 +66,11 @@ def test_short_run_writes_table_and_json_from_real_training(small_arrays, tmp_pa
     printed = capsys.readouterr().out
     assert printed.count("reproduce: R1 mlp_tanh16 seed") == 2 and "| R1 |" in printed
 
+    again = tmp_path / "again"
+    reproduce.cli_main(["--render", str(out / "reproduction.json"), "--out", str(again)])
+    assert (again / "reproduction.md").read_text() == table  # same runs, same table
+    assert "mlp_tanh16 seed" not in capsys.readouterr().out  # nothing trained
+
 
 @pytest.mark.parametrize("argv", [["--seeds", "0"], ["--only", "R9"]])
 def test_bad_arguments_exit_with_usage(argv, capsys):
