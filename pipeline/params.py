@@ -53,6 +53,9 @@ class Augment(Section):
     max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # 0.1 = scale in [0.9, 1.1]
 
 
+BATCH_NORM_ARCHS = {"cnn_fast", "cnn_best"}
+
+
 class Candidate(Section):
     """One model to train: architecture plus its optimiser and schedule."""
 
@@ -70,6 +73,10 @@ class Candidate(Section):
     label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
     epochs: PosInt = 10
     batch_size: PosInt = 32
+    # Forward and backward each batch in parts of at most this many images: the same
+    # update, but each part's activations stay in cache. Not with batch norm, whose
+    # statistics would then come from the parts. null = the whole batch at once.
+    micro_batch: PosInt | None = None
     # Use only the first N (stratified, seeded) images of the train split; null = all.
     train_size: PosInt | None = None
     augment: Augment = Augment()
@@ -83,6 +90,9 @@ class Candidate(Section):
     def _mlp_needs_hidden(self) -> Candidate:
         if self.arch == "mlp" and not self.hidden:
             raise ValueError("arch 'mlp' needs a non-empty 'hidden' list of layer sizes")
+        if self.micro_batch and self.arch in BATCH_NORM_ARCHS:
+            raise ValueError(f"micro_batch: arch {self.arch!r} uses batch norm, whose "
+                             "statistics would come from the parts; leave it null")
         return self
 
 
@@ -104,7 +114,7 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: PosInt = 2_000
+    batch_size: PosInt = 256
     grid_size: Annotated[int, Field(ge=1, le=400)] = 64  # digits in each image grid
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 
 from pipeline import atomic, cli
 from pipeline.idx import read_images, read_labels
@@ -32,6 +31,8 @@ def stratified_take(images: np.ndarray, labels: np.ndarray, size: int, seed: int
     """A stratified random subset of ``size`` items (all of them if size >= N)."""
     if size >= len(labels):
         return images, labels
+    from sklearn.model_selection import train_test_split  # 1.5 s to import: only when used
+
     index = np.arange(len(labels))
     taken, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
     taken.sort()  # keep the original order: the subset is a set, not a shuffle
@@ -44,6 +45,8 @@ def split(train: Split, test: Split, params: SplitParams) -> dict[str, Split]:
         raise cli.StageError(
             f"split.val_size: {params.val_size} leaves no training images of {len(labels)}"
         )
+    from sklearn.model_selection import train_test_split
+
     index = np.arange(len(labels))
     fit_idx, val_idx = train_test_split(
         index, test_size=params.val_size, stratify=labels, random_state=params.seed

@@ -12,8 +12,6 @@ device alike.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import time
@@ -26,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import atomic, cli, models, plots, tracking
+from pipeline import atomic, cli, models, optim, plots, tracking
 from pipeline.params import Augment, Candidate, MlflowParams, TrainParams, load_section
 from pipeline.split import stratified_take
 
@@ -85,8 +83,14 @@ def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.
 
 
 def make_optimizer(net: nn.Module, c: Candidate, total_steps: int):
-    # fused=True: one kernel per step instead of several per tensor; on these small
-    # models the per-op overhead dominates (Adam on R4: 2.0 -> 1.4 ms a step).
+    """(optimizer, scheduler or None) for candidate ``c``."""
+    if c.schedule == "constant":  # the same kernels as below, without torch.optim's costs
+        if c.optimizer == "sgd":
+            return optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum,
+                             weight_decay=c.weight_decay), None
+        return optim.Adam(net.parameters(), lr=c.lr, weight_decay=c.weight_decay,
+                          decoupled=c.optimizer == "adamw"), None
+    # fused=True: one kernel per step instead of several per tensor.
     if c.optimizer == "sgd":
         opt = torch.optim.SGD(net.parameters(), lr=c.lr, momentum=c.momentum,
                               weight_decay=c.weight_decay, fused=True)
@@ -95,10 +99,8 @@ def make_optimizer(net: nn.Module, c: Candidate, total_steps: int):
         opt = cls(net.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True)
     if c.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total_steps)
-    elif c.schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
-        sched = None
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     return opt, sched
 
 
@@ -120,6 +122,7 @@ def train_torch(net: nn.Module, c: Candidate, data: Data, seed: int, on_epoch=No
     opt, sched = make_optimizer(net, c, c.epochs * steps_per_epoch)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
     augmenting = any((c.augment.max_shift, c.augment.max_rotate, c.augment.max_scale))
+    chunk = c.micro_batch or c.batch_size
     history = History()
     bar = tqdm(total=c.epochs * steps_per_epoch, desc="train", unit="step", mininterval=0.5)
     for epoch in range(1, c.epochs + 1):
@@ -128,22 +131,29 @@ def train_torch(net: nn.Module, c: Candidate, data: Data, seed: int, on_epoch=No
         loss_sum, correct = 0.0, 0
         for start in range(0, n, c.batch_size):
             idx = order[start : start + c.batch_size]
-            xb, yb = data.x_train[idx], data.y_train[idx]  # (B, 1, 28, 28), (B,)
+            # index_select, not x[idx]: the same rows at a third of the cost (~30 us).
+            xb, yb = data.x_train.index_select(0, idx), data.y_train.index_select(0, idx)
             if augmenting:
                 xb = augment(xb, c.augment, generator)
-            logits = net(xb.contiguous(memory_format=fmt))
-            loss = loss_fn(logits, yb)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            step_loss = 0.0
+            for part in range(0, len(idx), chunk):  # one part unless micro_batch is set
+                xc, yc = xb[part : part + chunk], yb[part : part + chunk]
+                logits = net(xc.contiguous(memory_format=fmt))
+                # Weighted by the part's share of the batch, the parts' gradients add
+                # up to the whole batch's (the weight is exactly 1.0 for one part).
+                loss = loss_fn(logits, yc) * (len(yc) / len(yb))
+                loss.backward()
+                step_loss += loss.item()
+                correct += int((logits.argmax(1) == yc).sum())
             opt.step()
             if sched is not None:
                 sched.step()
-            step_loss = loss.item()
             history.steps.append(step_loss)
             loss_sum += step_loss * len(idx)
-            correct += int((logits.argmax(1) == yb).sum())
             bar.update()
-            bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", refresh=False)
+            if len(history.steps) % 64 == 0:  # formatting every step costs ~10 us
+                bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", refresh=False)
         val_loss, val_correct = evaluate_logits(net, data.x_val, data.y_val)
         row = {"epoch": epoch, "train_loss": loss_sum / n, "train_accuracy": correct / n,
                "val_loss": val_loss, "val_accuracy": val_correct / len(data.y_val),
@@ -177,14 +187,6 @@ def build_net(c: Candidate) -> nn.Module:
     if c.arch == "logreg":
         return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
     return models.build(c)
-
-
-def write_csv(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic.write_text(path, buffer.getvalue())
 
 
 def flat_params(name: str, c: Candidate, seed: int, data: Data) -> dict:
@@ -246,10 +248,11 @@ def main(args) -> None:
 
         weights = save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()})
         atomic.write_bytes(out / "weights.safetensors", weights)
-        write_csv(out / "history.csv", history.epochs)
-        write_csv(out / "iterations.csv",
-                  [{"step": i + 1, "loss": loss} for i, loss in enumerate(history.steps)]
-                  or [{"step": 0, "loss": float("nan")}])
+        atomic.write_csv(out / "history.csv", list(history.epochs[0]),
+                         [row.values() for row in history.epochs])
+        atomic.write_csv(out / "iterations.csv", ["step", "loss"],
+                         enumerate(history.steps, start=1) if history.steps
+                         else [(0, float("nan"))])
         atomic.write_json(out / "metrics.json", final)
         plots.save_curves(history.epochs, out / "curves.png", args.candidate)
         mlflow.log_artifacts(str(out), artifact_path="train")
