@@ -12,7 +12,6 @@ the candidate's MLflow run.
 from __future__ import annotations
 
 import csv
-import io
 import time
 from pathlib import Path
 
@@ -28,9 +27,19 @@ from pipeline.params import EvaluateParams, MlflowParams, TrainParams, load_sect
 from pipeline.train import build_net, set_threads
 
 
-def load_predictor(candidate, weights: Path, stats: dict) -> models.Predictor:
+def load_predictor(candidate, weights: Path, stats: dict,
+                   channels_last: bool = False) -> models.Predictor:
+    """The candidate's Predictor; ``channels_last`` puts a CNN on oneDNN's fast path
+    (with batches of 256: cnn_fast's 10,000 test images in 0.5 s instead of 1.5 s)."""
     net = build_net(candidate)
     net.load_state_dict(load_file(weights))
+    return make_predictor(candidate, net, stats, channels_last)
+
+
+def make_predictor(candidate, net: torch.nn.Module, stats: dict,
+                   channels_last: bool = False) -> models.Predictor:
+    if channels_last and candidate.arch in models.CNNS:
+        net = net.to(memory_format=torch.channels_last)
     return models.Predictor(net, stats["mean"], stats["std"], tta=candidate.tta).eval()
 
 
@@ -53,14 +62,6 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict:
         "per_class": {str(d): {"precision": float(precision[d]), "recall": float(recall[d]),
                                "f1": float(f1[d]), "support": int(support[d])} for d in range(10)},
     }
-
-
-def csv_text(header: list[str], rows) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    return buffer.getvalue()
 
 
 def penultimate(predictor: models.Predictor, pixels: torch.Tensor) -> np.ndarray:
@@ -107,7 +108,8 @@ def main(args) -> None:
     set_threads(train_params.threads, candidate.arch)
     stats = atomic.read_json(args.stats)
     run = atomic.read_json(args.model / "run.json")
-    predictor = load_predictor(candidate, args.model / "weights.safetensors", stats)
+    predictor = load_predictor(candidate, args.model / "weights.safetensors", stats,
+                               channels_last=True)
     test = atomic.read_npz(args.test)
     images, labels = test["images"], test["labels"]
 
@@ -120,11 +122,10 @@ def main(args) -> None:
     out: Path = args.out
 
     atomic.write_json(out / "metrics.json", metrics)
-    atomic.write_text(out / "confusion.csv", csv_text(["actual", "predicted"], zip(labels, pred)))
-    atomic.write_text(out / "classes.csv", csv_text(
-        ["digit", "precision", "recall", "f1", "support"],
-        [[d, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
-         for d, m in metrics["per_class"].items()]))
+    atomic.write_csv(out / "confusion.csv", ["actual", "predicted"], zip(labels, pred))
+    atomic.write_csv(out / "classes.csv", ["digit", "precision", "recall", "f1", "support"],
+                     [[d, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}",
+                       m["support"]] for d, m in metrics["per_class"].items()])
     atomic.write_npz(out / "predictions.npz", labels=pred.astype(np.uint8),
                      probabilities=probs.astype(np.float32))
     write_pictures(args.candidate, out, predictor, pixels, images, labels, pred, args.model,

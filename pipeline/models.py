@@ -40,7 +40,7 @@ def cnn_numpy(c: Candidate) -> nn.Sequential:
     """R2: conv 28@3x3 valid -> ReLU -> maxpool 2 -> FC 128 -> ReLU -> FC 10.
 
     Pooling runs before the ReLU: the same function (max and ReLU commute), with the
-    ReLU and its backward on a quarter of the pixels. R2 trained in 26.5 s -> 19 s.
+    ReLU and its backward on a quarter of the pixels.
     """
     return nn.Sequential(
         nn.Conv2d(1, 28, 3),  # (B, 28, 26, 26)
@@ -79,24 +79,24 @@ def cnn_fast(c: Candidate) -> nn.Sequential:
 
 
 def cnn_best(c: Candidate) -> nn.Sequential:
-    """Ours, best: a 5x5 conv and two 3x3 stages, each pooled early, then a dense head.
+    """Ours, best: cnn_fast's shape, 1.5x wider at the back, with a dense head.
 
-    8.1M MACs an image (the two 3x3 convs cost 3.6M each) against 20M for five 3x3 convs
-    at full resolution: 2.2-3.2x the training throughput, so 11 epochs of augmented data
-    fit the budget. The head reads the 4x4 map position by position through 128 units; a
-    global average pool there stopped at 99.50 % test accuracy, its train accuracy no
-    higher than validation. This one: 99.68 % (TTA 4) after 749 s on 2 busy cores.
+    3.9M MACs an image. Evaluating 10,000 test images must take at most 1 s on 2
+    cores, which rules out test-time augmentation (five passes) and the earlier
+    8.1M-MAC version (32-64-128 channels: 1.2 s for one pass); this one takes 0.7 s.
+    Its accuracy comes from training instead: augmentation, label smoothing and 30
+    epochs with a one-cycle schedule, about 7 minutes on 2 cores.
     """
     return nn.Sequential(
-        nn.Conv2d(1, 32, 5, padding=2, bias=False),  # (B, 32, 28, 28)
-        nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),  # (B, 32, 14, 14)
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),  # (B, 64, 14, 14)
-        nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 7, 7)
-        nn.Conv2d(64, 128, 3, padding=1, bias=False),  # (B, 128, 7, 7): receptive field 20 px
-        nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(128), nn.ReLU(),  # (B, 128, 4, 4)
-        nn.Flatten(),  # (B, 2048)
+        nn.Conv2d(1, 16, 5, padding=2, bias=False),  # (B, 16, 28, 28)
+        nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU(),  # (B, 16, 14, 14)
+        nn.Conv2d(16, 48, 3, padding=1, bias=False),  # (B, 48, 14, 14)
+        nn.MaxPool2d(2), nn.BatchNorm2d(48), nn.ReLU(),  # (B, 48, 7, 7)
+        nn.Conv2d(48, 96, 3, padding=1, bias=False),  # (B, 96, 7, 7): receptive field 20 px
+        nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(96), nn.ReLU(),  # (B, 96, 4, 4)
+        nn.Flatten(),  # (B, 1536)
         # No batch norm here: on (B, 128) it would fail on a last batch of one image.
-        nn.Linear(128 * 4 * 4, 128), nn.ReLU(),  # (B, 128)
+        nn.Linear(96 * 4 * 4, 128), nn.ReLU(),  # (B, 128)
         nn.Dropout(c.dropout),
         nn.Linear(128, 10),
     )
@@ -147,7 +147,7 @@ class Predictor(nn.Module):
 
 @torch.inference_mode()
 def predict_proba(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                  batch_size: int = 2000) -> torch.Tensor:
+                  batch_size: int = 256) -> torch.Tensor:
     """Apply ``fn`` (a module in eval mode, or a method of one) over (N, ...) in batches."""
     if isinstance(fn, nn.Module):
         fn.eval()

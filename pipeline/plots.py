@@ -68,19 +68,25 @@ def save_confusion(matrix: np.ndarray, path: Path, title: str) -> None:
 
 def save_digit_grid(images: np.ndarray, true: np.ndarray, pred: np.ndarray, path: Path,
                     title: str) -> None:
-    """Digits (N, 28, 28) titled 'pred (true)'; mistakes in red."""
+    """Digits (N, 28, 28) labelled 'pred (true)'; mistakes in red.
+
+    One mosaic image in one axes: 64 small axes took ~5 s to draw, this ~0.3 s.
+    """
     n = len(images)
     cols = int(np.ceil(np.sqrt(n))) if n else 1
     rows = max(1, int(np.ceil(n / cols)))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25 + 0.4), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, t, p in zip(axes.flat, images, true, pred):
-        ax.imshow(image, cmap="gray_r")
+    cell_w, cell_h = 32, 42  # a 28x28 digit, a margin, and room for its label above
+    mosaic = np.zeros((rows * cell_h, cols * cell_w), dtype=np.float32)
+    fig, ax = plt.subplots(figsize=(cols * 1.1, rows * 1.25 + 0.4))
+    for k, (image, t, p) in enumerate(zip(images, true, pred)):
+        top, left = (k // cols) * cell_h + 12, (k % cols) * cell_w + 2
+        mosaic[top : top + 28, left : left + 28] = image
         wrong = t != p
-        ax.set_title(f"{p}" + (f" ({t})" if wrong else ""), fontsize=8,
-                     color="red" if wrong else "black")
-    fig.suptitle(title + ("" if n else " (none)"), fontsize=10)
+        ax.text(left + 14, top - 2, f"{p}" + (f" ({t})" if wrong else ""), ha="center",
+                va="bottom", fontsize=8, color="red" if wrong else "black")
+    ax.imshow(mosaic, cmap="gray_r", interpolation="nearest")
+    ax.axis("off")
+    ax.set_title(title + ("" if n else " (none)"), fontsize=10)
     _save(fig, path)
 
 
