@@ -119,6 +119,11 @@ def main(args) -> None:
 
     name = promote_params.registered_model
     version = MlflowClient().get_model_version_by_alias(name, "champion")
+    decided = str(atomic.read_json(args.decision)["champion_version"])
+    if str(version.version) != decided:  # the alias is the truth: serving follows it
+        print(f"package: the champion alias is on version {version.version}, not on promote's "
+              f"version {decided} (moved since, e.g. by --rollback): packaging "
+              f"version {version.version}")
     with tempfile.TemporaryDirectory() as tmp:
         candidate, stats, weights = champion_files(version.run_id, Path(tmp))
         predictor = load_predictor(candidate, weights, stats)

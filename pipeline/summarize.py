@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import atomic, cli
-from pipeline.evaluate import csv_text
 from pipeline.params import TrainParams, load_section
 
 COLUMNS = ["candidate", "val_accuracy", "test_accuracy", "parameters", "epochs",
@@ -40,8 +39,7 @@ def main(args) -> None:
     params = load_section(args.params, "train", TrainParams)
     rows = summarize(params.enabled, args.models, args.reports)
     atomic.write_json(args.out / "summary.json", {r["candidate"]: r for r in rows})
-    atomic.write_text(args.out / "summary.csv",
-                      csv_text(COLUMNS, ([r[c] for c in COLUMNS] for r in rows)))
+    atomic.write_csv(args.out / "summary.csv", COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
     for r in rows:
         print(f"summarize: {r['candidate']:<18} val {r['val_accuracy']:.4f} "
               f"test {r['test_accuracy']:.4f}")
