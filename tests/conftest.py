@@ -15,6 +15,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The serving fixtures (stand-in model, `bentoml serve`), registered here once so that the
+# serving and browser tests share one server instead of building two.
+pytest_plugins = ["tests.serving.fixtures"]
+
 # Tests reach nothing but loopback: no telemetry from the tools.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")

@@ -1,5 +1,5 @@
 """Fixtures for the browser tests: Debian's Chromium driven by Playwright, the real
-`bentoml serve` from tests/serving/conftest.py, and a folder for screenshots.
+`bentoml serve` from tests/serving/fixtures.py, and a folder for screenshots.
 
 Chromium must be installed (`apt-get install -y chromium`); Playwright's own browser
 download does not work offline. If it is missing or cannot start, the tests fail and say why.
@@ -14,14 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-# The served stand-in model and `bentoml serve` on 127.0.0.1, shared with the serving tests.
-from tests.serving.conftest import (  # noqa: F401  (pytest finds fixtures by name)
-    bentoml_home,
-    model_tag,
-    server,
-    test_digits,
-)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [  # Playwright adds --headless and a fresh temporary --user-data-dir

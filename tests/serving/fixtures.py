@@ -1,4 +1,5 @@
-"""Fixtures for the serving tests: a stand-in model in a temporary BentoML store, the
+"""Fixtures for the serving and browser tests (registered once, in tests/conftest.py, so
+both folders share one instance of each): a stand-in model in a temporary BentoML store, the
 service at three depths (the class itself, TestClient over its ASGI app, a real
 `bentoml serve` process on 127.0.0.1), and real MNIST test digits.
 
