@@ -11,9 +11,9 @@ In: params.yaml (the ``train`` and ``evaluate`` sections), the normalised arrays
 ``stats.json`` from normalise, ``test.npz`` from split (paths from dvc.yaml's ``vars``,
 so run ``dvc repro normalise`` first, or pass --data/--test). Out: the table printed
 as markdown, and ``reproduction.md`` and ``reproduction.json`` (every run's figures) in
---out. Cost: about 45 min with the default seeds on a busy 2-core machine (1 thread for
-the MLPs, as the train stage picks), most of it R3 (batch 15, 20 epochs: 9-12 min a
-seed there, about 3 min on idle cores). ``--render`` re-prints a table without training.
+--out. Cost: 13 min with the default seeds on 2 idle cores (1 thread for the MLPs, as the
+train stage picks), most of it R3 (batch 15, 20 epochs: 2.5-3 min a seed).
+``--render`` re-prints a table without training.
 
 Example: python -m bench.reproduce --only R2 R4 --seeds 3
 """
