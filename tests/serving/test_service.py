@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,34 @@ def test_predict_is_accurate_and_equals_onnx_runtime_exactly(
     np.testing.assert_array_equal(result.labels, probabilities.argmax(axis=1))
     assert np.mean(np.array(result.labels) == labels) > 0.85  # chance is 0.1
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_bulk_request_runs_on_all_cores_with_the_same_answers(
+    service: Any,
+    model_path: Path,
+    test_digits: tuple[np.ndarray, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from serving.service import BULK_ROWS
+
+    bulk = service.bulk_session
+    assert bulk.get_session_options().intra_op_num_threads == os.cpu_count()
+    rows_run: list[int] = []
+
+    class Spy:
+        def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+            rows_run.append(len(next(iter(feeds.values()))))
+            return bulk.run(outputs, feeds)
+
+    monkeypatch.setattr(service, "bulk_session", Spy())
+    asyncio.run(service.predict(images=test_digits[0][:5].tolist()))
+    digits = np.resize(test_digits[0], (BULK_ROWS, 28, 28))  # the 300 digits, repeated
+    result = asyncio.run(service.predict(images_b64=base64.b64encode(digits.tobytes()).decode()))
+    assert rows_run == [BULK_ROWS]  # the small request did not use it
+    probabilities = np.array(result.probabilities, dtype=np.float32)
+    # Threads split the work differently, so the last bits of a float may differ.
+    np.testing.assert_allclose(probabilities, direct_onnx(model_path, digits), atol=1e-6)
+    np.testing.assert_array_equal(result.labels, probabilities.argmax(axis=1))
 
 
 def test_every_encoding_of_the_same_digits_gives_the_same_answer(
