@@ -85,8 +85,8 @@ def cnn_best(c: Candidate) -> nn.Sequential:
     one-cycle schedule, about 7 minutes on 2 cores. Sized by inference cost, because the
     champion serves requests of up to 10,000 digits: an earlier 16-48-96 version (3.9M
     MACs, 1.5 s on one ONNX Runtime thread for 10,000 digits against 0.9 s) reached
-    99.58 % validation accuracy, this one 99.65 % (both seed 0). Test-time augmentation (five passes) is out:
-    evaluating 10,000 test images must take at most 1 s on 2 cores.
+    99.58 % validation accuracy, this one 99.65 % (both seed 0). Test-time augmentation
+    (five passes) is out: evaluating 10,000 test images must take at most 1 s on 2 cores.
     """
     return nn.Sequential(
         nn.Conv2d(1, 16, 5, padding=2, bias=False),  # (B, 16, 28, 28)
