@@ -18,8 +18,8 @@ and /metrics (Prometheus). Bad input gets a 4xx with a JSON body: 400 {"error": 
 over MAX_BODY_BYTES or of the wrong Content-Type (see serving/guard.py).
 
 Environment: MNIST_MODEL_TAG; MNIST_ORT_THREADS (ONNX Runtime intra-op threads per
-worker, default 1); MNIST_BULK_ROWS (a run of at least this many digits uses all cores,
-default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = no batching);
+worker, default 1); MNIST_BULK_ROWS (a run of at least this many digits is split across
+the cores, default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = no batching);
 MNIST_WORKERS (worker processes, default 2, one per core).
 """
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -152,15 +153,23 @@ class MNISTClassifier:
         self.session = make_session(folder / MODEL_FILE)
         check_contract(self.session)
         # One request of thousands of digits would otherwise run on one core while the
-        # other worker idles: such runs get a session with a thread per core (2x faster).
-        self.bulk_session = make_session(folder / MODEL_FILE, threads=os.cpu_count() or 1)
+        # other worker idles: such runs are split into a part per core, run side by side
+        # (ONNX Runtime releases the GIL). For 10,000 cnn_best digits: 0.59 s on one
+        # thread, 0.40 s as one run with 2 intra-op threads, 0.31 s as 2 parts.
+        self.bulk_parts = os.cpu_count() or 1
+        self.bulk_pool = ThreadPoolExecutor(self.bulk_parts, thread_name_prefix="bulk")
         self.run(np.zeros((1, 1, IMAGE_SIDE, IMAGE_SIDE), np.float32))  # warm up before /readyz
         self.batcher = MicroBatcher(self.run, max_batch=MAX_BATCH, on_batch=BATCH_ROWS.observe)
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, 1, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities."""
-        session = self.bulk_session if len(images) >= BULK_ROWS else self.session
-        return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+        if len(images) < BULK_ROWS:
+            return self.run_part(images)
+        parts = np.array_split(images, self.bulk_parts)
+        return np.concatenate(list(self.bulk_pool.map(self.run_part, parts)))
+
+    def run_part(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
     @bentoml.api
     async def predict(

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -46,22 +47,26 @@ def test_a_bulk_request_runs_on_all_cores_with_the_same_answers(
 ) -> None:
     from serving.service import BULK_ROWS
 
-    bulk = service.bulk_session
-    assert bulk.get_session_options().intra_op_num_threads == os.cpu_count()
+    session = service.session
+    cores = os.cpu_count() or 1
+    together = threading.Barrier(cores, timeout=30)  # breaks unless all parts run at once
     rows_run: list[int] = []
 
     class Spy:
         def run(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-            rows_run.append(len(next(iter(feeds.values()))))
-            return bulk.run(outputs, feeds)
+            rows = len(next(iter(feeds.values())))
+            rows_run.append(rows)
+            if rows > 5:
+                together.wait()
+            return session.run(outputs, feeds)
 
-    monkeypatch.setattr(service, "bulk_session", Spy())
+    monkeypatch.setattr(service, "session", Spy())
     asyncio.run(service.predict(images=test_digits[0][:5].tolist()))
+    assert rows_run == [5]  # a small request runs whole
     digits = np.resize(test_digits[0], (BULK_ROWS, 28, 28))  # the 300 digits, repeated
     result = asyncio.run(service.predict(images_b64=base64.b64encode(digits.tobytes()).decode()))
-    assert rows_run == [BULK_ROWS]  # the small request did not use it
+    assert sorted(rows_run[1:]) == sorted(len(part) for part in np.array_split(digits, cores))
     probabilities = np.array(result.probabilities, dtype=np.float32)
-    # Threads split the work differently, so the last bits of a float may differ.
     np.testing.assert_allclose(probabilities, direct_onnx(model_path, digits), atol=1e-6)
     np.testing.assert_array_equal(result.labels, probabilities.argmax(axis=1))
 
