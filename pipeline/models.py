@@ -108,10 +108,18 @@ CNNS = {"cnn_numpy", "cnn_fast", "cnn_best"}
 
 
 def build(c: Candidate) -> nn.Module:
-    """The network for candidate ``c`` (logits out); torch's default init, seeded by caller."""
+    """The network for candidate ``c`` (logits out), initialised as ``c.init`` says; the
+    caller seeds torch's generator."""
     if c.arch not in BUILDERS:
         raise ValueError(f"arch {c.arch!r} is not a torch model")
-    return BUILDERS[c.arch](c)
+    net = BUILDERS[c.arch](c)
+    if c.init == "glorot":  # Keras's defaults for Dense and Conv2D
+        for layer in net.modules():
+            if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                nn.init.xavier_uniform_(layer.weight)
+                if layer.bias is not None:
+                    nn.init.zeros_(layer.bias)
+    return net
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -65,6 +65,9 @@ class Candidate(Section):
     hidden: list[PosInt] = []
     activation: Literal["relu", "tanh", "sigmoid", "softmax"] = "relu"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # Initial weights: torch's defaults, or Keras's (Glorot-uniform weights, zero biases)
+    # for the write-ups that used Keras.
+    init: Literal["torch", "glorot"] = "torch"
     optimizer: Literal["sgd", "adam", "adamw"] = "adam"
     lr: PosFloat = 1e-3
     momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0

@@ -114,3 +114,20 @@ def test_logreg_linear_layer_equals_sklearn(small_data):
     x = small_data.x_val[:50]
     ours = torch.softmax(net(x), 1).detach().numpy()
     np.testing.assert_allclose(ours, clf.predict_proba(x.flatten(1).numpy()), atol=1e-5)
+
+
+def test_glorot_init_is_keras_default_and_seeded():
+    c = CANDIDATES["mlp128"].model_copy(update={"init": "glorot"})
+    torch_default = c.model_copy(update={"init": "torch"})
+    torch.manual_seed(0)
+    net = train.build_net(c)
+    first = net[1]  # Linear(784, 128)
+    bound = (6 / (784 + 128)) ** 0.5  # Glorot-uniform's limit
+    assert torch.count_nonzero(first.bias) == 0
+    assert first.weight.abs().max() <= bound
+    assert first.weight.abs().max() > 0.95 * bound  # uniform over the whole range
+    torch.manual_seed(0)
+    assert torch.equal(train.build_net(c)[1].weight, first.weight)
+    torch.manual_seed(0)
+    other = train.build_net(torch_default)[1]
+    assert not torch.equal(other.weight, first.weight) and torch.count_nonzero(other.bias) > 0
