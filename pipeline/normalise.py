@@ -42,7 +42,11 @@ def main(args) -> None:
         atomic.write_npz(args.out / f"{name}.npz", images=apply(part["images"], stats),
                          labels=part["labels"].astype(np.int64))
     atomic.write_json(args.out / "stats.json", stats)
-    print(f"normalise: mean {stats['mean']:.4f} std {stats['std']:.4f}")
+    if stats["standardise"]:
+        print(f"normalise: pixels / 255, standardised with the training split's mean "
+              f"{stats['mean']:.4f} and std {stats['std']:.4f}")
+    else:
+        print("normalise: pixels / 255 (normalise.standardise is off)")
 
 
 def cli_main(argv=None) -> None:
