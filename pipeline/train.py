@@ -50,9 +50,14 @@ def set_threads(threads: int, arch: str = "cnn_fast") -> int:
     every core for the CNNs. An MLP step is a few tiny ops that a second thread barely
     speeds up (R4: 2.3 -> 1.7 ms a step on an idle machine) but that slow down many
     times over when another process holds a core and the threads wait on each other."""
-    n = threads or (os.cpu_count() or 1 if arch in models.CNNS else 1)
+    n = threads_for(threads, arch)
     torch.set_num_threads(n)
     return n
+
+
+def threads_for(threads: int, arch: str) -> int:
+    """The thread count ``set_threads`` picks, without setting it."""
+    return threads or (os.cpu_count() or 1 if arch in models.CNNS else 1)
 
 
 def load_data(folder: Path, candidate: Candidate, seed: int) -> Data:
