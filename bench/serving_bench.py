@@ -7,8 +7,9 @@ Measures, each for --duration seconds at --concurrency connections (targets in b
 - one /predict of 10,000 digits, base64 and JSON list: median of 5 [<= 0.5 s];
 - /predict_image with a 200x200 PNG of a real digit: req/s [>= 300].
 
-In: a model in the BentoML store (--model-tag, with BENTOML_HOME), or, by default, the
-stand-in from serving.fixture_model built into a temporary store (about 10 s). Needs wrk
+In: the model to serve: --model-tag (from the store BENTOML_HOME points at); else the
+model that `make run` packaged last (mnist-classifier:latest, the champion); else, before
+any `make run`, the stand-in from serving.fixture_model in a temporary store (about 10 s). Needs wrk
 (`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
 Out: a table on stdout. Cost: about 2 min. Loopback only; every load run is bounded.
 
@@ -143,6 +144,19 @@ def time_big_request(url: str, body: bytes, repeats: int = 5) -> tuple[float, in
     return statistics.median(times), status
 
 
+def stored_champion() -> str | None:
+    """The tag of the model `make run` packaged last, if the BentoML store has one."""
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    from serving.contract import MODEL_NAME
+
+    try:
+        return str(bentoml.models.get(f"{MODEL_NAME}:latest").tag)
+    except NotFound:
+        return None
+
+
 def png_of(digit: np.ndarray, size: int = 200) -> bytes:
     """A real digit as a person might draw it: size x size PNG, dark ink on white."""
     ink = Image.fromarray(digit).resize((size // 2, size // 2), Image.Resampling.BICUBIC)
@@ -166,9 +180,8 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="serving_bench_"))
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
-    if args.model_tag:
-        tag = args.model_tag
-    else:
+    tag = args.model_tag or stored_champion()
+    if tag is None:  # no `make run` yet: a small stand-in in a store of its own
         env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(workdir / "bentoml")
         from serving.fixture_model import build
 
@@ -219,6 +232,7 @@ def main() -> None:
     load_average = os.getloadavg()[0]
     with serve(env, workdir / "serve.log") as server:
         url = server.url
+        candidate = httpx.post(f"{url}/model_info", json={}).json().get("candidate", "?")
         for name in ("list", "b64"):
             load(
                 f"predict 1 digit ({name} body, {len(bodies[name])} B)",
@@ -260,7 +274,7 @@ def main() -> None:
 
     width = max(len(label) for label, _, _ in rows)
     print(
-        f"\nserving benchmark: model {tag}, {args.concurrency} connections, "
+        f"\nserving benchmark: model {tag} ({candidate}), {args.concurrency} connections, "
         f"{args.duration} s per run, {os.cpu_count()} cores, "
         f"load average {load_average:.1f} at start"
     )
