@@ -26,6 +26,7 @@ MNIST_WORKERS (worker processes, default 2, one per core).
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -160,6 +161,11 @@ class MNISTClassifier:
         self.bulk_pool = ThreadPoolExecutor(self.bulk_parts, thread_name_prefix="bulk")
         self.run(np.zeros((1, 1, IMAGE_SIDE, IMAGE_SIDE), np.float32))  # warm up before /readyz
         self.batcher = MicroBatcher(self.run, max_batch=MAX_BATCH, on_batch=BATCH_ROWS.observe)
+        # Everything loaded so far (BentoML, pydantic, ONNX Runtime: ~90,000 objects) lives
+        # as long as the worker. Each full garbage collection walked all of it, a 40 ms
+        # pause of the event loop that every request in flight waited out: p99 of 120-155 ms
+        # for one digit under 32 clients. Frozen, collections skip it: p99 25-60 ms.
+        gc.freeze()
 
     def run(self, images: np.ndarray) -> np.ndarray:
         """(N, 1, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities."""
