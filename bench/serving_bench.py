@@ -9,8 +9,8 @@ Measures, each for --duration seconds at --concurrency connections (targets in b
 
 In: the model to serve: --model-tag (from the store BENTOML_HOME points at); else the
 model that `make run` packaged last (mnist-classifier:latest, the champion); else, before
-any `make run`, the stand-in from serving.fixture_model in a temporary store (about 10 s). Needs wrk
-(`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
+any `make run`, the stand-in from serving.fixture_model in a temporary store (about 10 s).
+Needs wrk (`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
 Out: a table on stdout. Cost: about 2 min. Loopback only; every load run is bounded.
 
     python -m bench.serving_bench [--model-tag mnist-classifier:latest] [--duration 10]
