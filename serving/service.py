@@ -164,7 +164,7 @@ class MNISTClassifier:
         # Everything loaded so far (BentoML, pydantic, ONNX Runtime: ~90,000 objects) lives
         # as long as the worker. Each full garbage collection walked all of it, a 40 ms
         # pause of the event loop that every request in flight waited out: p99 of 120-155 ms
-        # for one digit under 32 clients. Frozen, collections skip it: p99 25-60 ms.
+        # for one digit under 32 clients. Frozen, collections skip it: p99 26-70 ms.
         gc.freeze()
 
     def run(self, images: np.ndarray) -> np.ndarray:
