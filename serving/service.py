@@ -84,10 +84,10 @@ class ImagePrediction(BaseModel):
     )
 
 
-def make_session(model_path: Path, threads: int = ORT_THREADS) -> ort.InferenceSession:
+def make_session(model_path: Path) -> ort.InferenceSession:
     """An ONNX Runtime CPU session sized for small requests on a 2-core machine."""
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads  # parallelism comes from workers and batching
+    options.intra_op_num_threads = ORT_THREADS  # parallelism comes from workers and batching
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.add_session_config_entry(
