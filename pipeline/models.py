@@ -53,33 +53,46 @@ def cnn_numpy(c: Candidate) -> nn.Sequential:
     )
 
 
-def conv_bn(cin: int, cout: int, kernel: int, **kw) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, bias=False, **kw), nn.BatchNorm2d(cout), nn.ReLU()]
-
-
-def cnn_fast(c: Candidate) -> nn.Sequential:
-    """Ours, fast: three conv stages, each pooled before its batch norm; 2.1M MACs an image.
+def pooled_convs(c: Candidate, ceil_last: bool) -> tuple[list[nn.Module], int]:
+    """Three conv stages of widths ``c.channels`` (w1, w2, w3), each pooled before its
+    batch norm, then flattened: (B, 1, 28, 28) -> (B, features); returns the layers and
+    the number of features, w3 x 3 x 3 (w3 x 4 x 4 with ``ceil_last``).
 
     Pooling straight after each convolution runs batch norm and ReLU on a quarter of the
     pixels; on 2 CPU cores those elementwise ops cost about as much as the convolutions.
+    """
+    w1, w2, w3 = c.channels
+    side = 4 if ceil_last else 3
+    layers = [
+        nn.Conv2d(1, w1, 5, padding=2, bias=False),  # (B, w1, 28, 28)
+        nn.MaxPool2d(2), nn.BatchNorm2d(w1), nn.ReLU(),  # (B, w1, 14, 14)
+        nn.Conv2d(w1, w2, 3, padding=1, bias=False),  # (B, w2, 14, 14)
+        nn.MaxPool2d(2), nn.BatchNorm2d(w2), nn.ReLU(),  # (B, w2, 7, 7)
+        nn.Conv2d(w2, w3, 3, padding=1, bias=False),  # (B, w3, 7, 7): receptive field 20 px
+        # (B, w3, side, side): floor drops the last row and column, ceil pools them alone
+        nn.MaxPool2d(2, ceil_mode=ceil_last), nn.BatchNorm2d(w3), nn.ReLU(),
+        nn.Flatten(),  # (B, w3 * side * side)
+    ]
+    return layers, w3 * side * side
+
+
+def cnn_fast(c: Candidate) -> nn.Sequential:
+    """Ours, fast: three pooled conv stages and a linear read-out; 2.1M MACs an image at
+    the default widths 16-32-64.
+
     Trains 1.6x faster than two 5x5 conv+BN blocks; 2 epochs gave 99.32 % test accuracy
     in 20 s on 2 cores (seed 0).
     """
+    convs, features = pooled_convs(c, ceil_last=False)
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2, bias=False),  # (B, 16, 28, 28)
-        nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU(),  # (B, 16, 14, 14)
-        nn.Conv2d(16, 32, 3, padding=1, bias=False),  # (B, 32, 14, 14)
-        nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),  # (B, 32, 7, 7)
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),  # (B, 64, 7, 7)
-        nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 3, 3): last row/col dropped
-        nn.Flatten(),  # (B, 576)
+        *convs,
         *([nn.Dropout(c.dropout)] if c.dropout else []),
-        nn.Linear(64 * 3 * 3, 10),
+        nn.Linear(features, 10),
     )
 
 
 def cnn_best(c: Candidate) -> nn.Sequential:
-    """Ours, best: cnn_fast's convolutions with a dense head; 2.25M MACs an image.
+    """Ours, best: cnn_fast's convolutions with a dense head.
 
     Its accuracy comes from training: augmentation, label smoothing and 30 epochs with a
     one-cycle schedule, about 7 minutes on 2 cores. Sized by inference cost, because the
@@ -88,16 +101,11 @@ def cnn_best(c: Candidate) -> nn.Sequential:
     99.58 % validation accuracy, this one 99.65 % (both seed 0). Test-time augmentation
     (five passes) is out: evaluating 10,000 test images must take at most 1 s on 2 cores.
     """
+    convs, features = pooled_convs(c, ceil_last=True)
     return nn.Sequential(
-        nn.Conv2d(1, 16, 5, padding=2, bias=False),  # (B, 16, 28, 28)
-        nn.MaxPool2d(2), nn.BatchNorm2d(16), nn.ReLU(),  # (B, 16, 14, 14)
-        nn.Conv2d(16, 32, 3, padding=1, bias=False),  # (B, 32, 14, 14)
-        nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),  # (B, 32, 7, 7)
-        nn.Conv2d(32, 64, 3, padding=1, bias=False),  # (B, 64, 7, 7): receptive field 20 px
-        nn.MaxPool2d(2, ceil_mode=True), nn.BatchNorm2d(64), nn.ReLU(),  # (B, 64, 4, 4)
-        nn.Flatten(),  # (B, 1024)
+        *convs,
         # No batch norm here: on (B, 128) it would fail on a last batch of one image.
-        nn.Linear(64 * 4 * 4, 128), nn.ReLU(),  # (B, 128)
+        nn.Linear(features, 128), nn.ReLU(),  # (B, 128)
         nn.Dropout(c.dropout),
         nn.Linear(128, 10),
     )

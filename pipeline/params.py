@@ -65,6 +65,8 @@ class Candidate(Section):
     hidden: list[PosInt] = []
     activation: Literal["relu", "tanh", "sigmoid", "softmax"] = "relu"
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    # cnn_fast, cnn_best: the widths of their three convolution stages.
+    channels: Annotated[list[PosInt], Field(min_length=3, max_length=3)] = [16, 32, 64]
     # Initial weights: torch's defaults, or Keras's (Glorot-uniform weights, zero biases)
     # for the write-ups that used Keras.
     init: Literal["torch", "glorot"] = "torch"

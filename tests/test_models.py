@@ -28,6 +28,16 @@ def test_output_shape_and_parameter_count(name):
         assert models.parameter_count(net) == EXPECTED_PARAMETERS[name]
 
 
+def test_cnn_widths_come_from_params():
+    c = CANDIDATES["cnn_best"].model_copy(update={"channels": [8, 16, 24]})
+    net = train.build_net(c)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    batch_norms = 2 * (8 + 16 + 24)  # a weight and a bias per channel
+    convs = 1 * 8 * 5 * 5 + 8 * 16 * 3 * 3 + 16 * 24 * 3 * 3  # no biases: batch norm follows
+    head = 24 * 4 * 4 * 128 + 128 + 128 * 10 + 10  # (B, 24, 4, 4) -> 128 -> 10
+    assert models.parameter_count(net) == batch_norms + convs + head
+
+
 @pytest.fixture(scope="module")
 def small_data(mnist):
     """2,000 training and 1,000 validation digits, divided by 255."""

@@ -47,6 +47,8 @@ def write_with(tmp_path, edit):
      "train", "resnet9000"),
     ("train", lambda p: p["train"]["candidates"]["cnn_best"]["augment"].update(max_rotate=90),
      "train.candidates.cnn_best.augment.max_rotate", "less than or equal to 45"),
+    ("train", lambda p: p["train"]["candidates"]["cnn_best"].update(channels=[16, 32]),
+     "train.candidates.cnn_best.channels", "at least 3"),
     ("train", lambda p: p["train"]["candidates"]["cnn_fast"].update(micro_batch=32),
      "train.candidates.cnn_fast", "batch norm"),
     ("promote", lambda p: p["promote"].update(min_improvement=2),
