@@ -96,7 +96,7 @@ def cnn_best(c: Candidate) -> nn.Sequential:
     a dense head.
 
     Its accuracy comes from training: augmentation, label smoothing and 30 epochs with a
-    one-cycle schedule, about 6 minutes on 2 cores. Its size comes from inference cost: the
+    one-cycle schedule (training time: README). Its size comes from inference cost: the
     champion answers requests of up to 10,000 digits, and evaluating 10,000 test images
     must take at most 1 s (which rules out test-time augmentation). The README records
     the widths and settings tried and their validation accuracy.
