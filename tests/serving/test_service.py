@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import json
 import os
 import threading
@@ -141,7 +142,5 @@ def test_bad_input_raises_a_validation_error_naming_the_problem(
 
 
 def test_what_the_worker_loaded_is_frozen_out_of_garbage_collection(service: Any) -> None:
-    import gc
-
     # A full collection over these took ~40 ms, a pause every request in flight waited out.
     assert gc.get_freeze_count() > 10_000
