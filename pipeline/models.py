@@ -63,9 +63,12 @@ def pooled_convs(c: Candidate, ceil_last: bool) -> tuple[list[nn.Module], int]:
     """
     w1, w2, w3 = c.channels
     side = 4 if ceil_last else 3
+    if c.first_layer == "pool":
+        first = [nn.Conv2d(1, w1, 5, padding=2, bias=False), nn.MaxPool2d(2)]  # (B, w1, 28, 28) pooled
+    else:  # 1 input channel at 28x28 is ONNX Runtime's least efficient convolution
+        first = [nn.Conv2d(1, w1, 5, stride=2, padding=2, bias=False)]
     layers = [
-        nn.Conv2d(1, w1, 5, padding=2, bias=False),  # (B, w1, 28, 28)
-        nn.MaxPool2d(2), nn.BatchNorm2d(w1), nn.ReLU(),  # (B, w1, 14, 14)
+        *first, nn.BatchNorm2d(w1), nn.ReLU(),  # (B, w1, 14, 14)
         nn.Conv2d(w1, w2, 3, padding=1, bias=False),  # (B, w2, 14, 14)
         nn.MaxPool2d(2), nn.BatchNorm2d(w2), nn.ReLU(),  # (B, w2, 7, 7)
         nn.Conv2d(w2, w3, 3, padding=1, bias=False),  # (B, w3, 7, 7): receptive field 20 px

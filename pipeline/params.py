@@ -67,6 +67,9 @@ class Candidate(Section):
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     # cnn_fast, cnn_best: the widths of their three convolution stages.
     channels: Annotated[list[PosInt], Field(min_length=3, max_length=3)] = [16, 32, 64]
+    # cnn_fast, cnn_best: "pool": the first 5x5 convolution runs at 28x28 and is max-pooled
+    # to 14x14; "stride": it runs at stride 2 straight to 14x14, a quarter of the work.
+    first_layer: Literal["pool", "stride"] = "pool"
     # Initial weights: torch's defaults, or Keras's (Glorot-uniform weights, zero biases)
     # for the write-ups that used Keras.
     init: Literal["torch", "glorot"] = "torch"

@@ -38,6 +38,22 @@ def test_cnn_widths_come_from_params():
     assert models.parameter_count(net) == batch_norms + convs + head
 
 
+@pytest.mark.parametrize("first_layer", ["pool", "stride"])
+def test_first_layer_reaches_14x14_either_way(first_layer):
+    c = CANDIDATES["cnn_best"].model_copy(update={"first_layer": first_layer})
+    net = train.build_net(c)
+    conv = net[0]
+    maps = conv(torch.zeros(2, 1, 28, 28))
+    pooled = net[1](maps) if first_layer == "pool" else maps
+    w1 = c.channels[0]
+    assert maps.shape == ((2, w1, 28, 28) if first_layer == "pool" else (2, w1, 14, 14))
+    assert pooled.shape == (2, w1, 14, 14)
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # The same weights either way: only where the 5x5 filter is applied changes.
+    pool_net = train.build_net(c.model_copy(update={"first_layer": "pool"}))
+    assert models.parameter_count(net) == models.parameter_count(pool_net)
+
+
 @pytest.fixture(scope="module")
 def small_data(mnist):
     """2,000 training and 1,000 validation digits, divided by 255."""

@@ -49,6 +49,8 @@ def write_with(tmp_path, edit):
      "train.candidates.cnn_best.augment.max_rotate", "less than or equal to 45"),
     ("train", lambda p: p["train"]["candidates"]["cnn_best"].update(channels=[16, 32]),
      "train.candidates.cnn_best.channels", "at least 3"),
+    ("train", lambda p: p["train"]["candidates"]["cnn_best"].update(first_layer="strided"),
+     "train.candidates.cnn_best.first_layer", "'pool' or 'stride'"),
     ("train", lambda p: p["train"]["candidates"]["cnn_fast"].update(micro_batch=32),
      "train.candidates.cnn_fast", "batch norm"),
     ("promote", lambda p: p["promote"].update(min_improvement=2),
