@@ -55,16 +55,17 @@ def cnn_numpy(c: Candidate) -> nn.Sequential:
 
 def pooled_convs(c: Candidate, ceil_last: bool) -> tuple[list[nn.Module], int]:
     """Three conv stages of widths ``c.channels`` (w1, w2, w3), each pooled before its
-    batch norm, then flattened: (B, 1, 28, 28) -> (B, features); returns the layers and
-    the number of features, w3 x 3 x 3 (w3 x 4 x 4 with ``ceil_last``).
+    batch norm (the first, with ``c.first_layer`` "stride", strided instead), then
+    flattened: (B, 1, 28, 28) -> (B, features); returns the layers and the number of
+    features, w3 x 3 x 3 (w3 x 4 x 4 with ``ceil_last``).
 
     Pooling straight after each convolution runs batch norm and ReLU on a quarter of the
     pixels; on 2 CPU cores those elementwise ops cost about as much as the convolutions.
     """
     w1, w2, w3 = c.channels
     side = 4 if ceil_last else 3
-    if c.first_layer == "pool":
-        first = [nn.Conv2d(1, w1, 5, padding=2, bias=False), nn.MaxPool2d(2)]  # (B, w1, 28, 28) pooled
+    if c.first_layer == "pool":  # (B, w1, 28, 28), then pooled
+        first = [nn.Conv2d(1, w1, 5, padding=2, bias=False), nn.MaxPool2d(2)]
     else:  # 1 input channel at 28x28 is ONNX Runtime's least efficient convolution
         first = [nn.Conv2d(1, w1, 5, stride=2, padding=2, bias=False)]
     layers = [
