@@ -138,6 +138,7 @@ function predictDrawing() {
     return updateBusy();
   }
   drawingSent = true;
+  updateBusy(); // busy from now: toBlob is asynchronous, the request starts later
   const asked = generation;
   pad.toBlob(async (png) => { // the bitmap is copied now, so later strokes are not in it
     await predict(png, "image/png", "your drawing", asked);
