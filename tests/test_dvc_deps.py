@@ -51,3 +51,23 @@ def test_stage_deps_cover_the_modules_it_imports(name, stage):
     missing = needed - set(stage["deps"])
     assert len(stage["deps"]) == len(set(stage["deps"])), f"stage {name}: a dep listed twice"
     assert not missing, f"stage {name}: add {sorted(missing)} to its deps in dvc.yaml"
+
+
+def test_package_deps_cover_what_the_bento_holds():
+    """A change to any file the Bento ships (the service, the page) rebuilds it."""
+    bentofile = yaml.safe_load((ROOT / "serving/bentofile.yaml").read_text())
+    excluded = {ROOT / pattern for pattern in bentofile["exclude"]}
+    matched = [path for pattern in bentofile["include"] for path in ROOT.glob(pattern)]
+    files = [path for m in matched for path in ([m] if m.is_file() else m.rglob("*"))]
+    shipped = {
+        path
+        for path in files  # "dir/**" matches the folders; their files are what ships
+        if path.is_file() and path not in excluded and "__pycache__" not in path.parts
+    }
+    deps = [ROOT / dep for dep in dict(stages())["package"]["deps"]]
+    uncovered = [
+        path for path in shipped if not any(path == dep or dep in path.parents for dep in deps)
+    ]
+    assert shipped, "serving/bentofile.yaml's include matched no files"
+    missing = sorted(str(path.relative_to(ROOT)) for path in uncovered)
+    assert not missing, f"stage package: add {missing} to its deps in dvc.yaml"
