@@ -8,6 +8,7 @@ pixels in [0, 1] (B, 1, 28, 28) -> probabilities (B, 10).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -115,16 +116,38 @@ def cnn_best(c: Candidate) -> nn.Sequential:
     )
 
 
+class Ensemble(nn.Module):
+    """Copies of one network, each from its own initial weights: (B, 1, 28, 28) -> the log
+    of their averaged probabilities (B, 10), so that softmax gives back that average."""
+
+    def __init__(self, nets: list[nn.Module]):
+        super().__init__()
+        self.nets = nn.ModuleList(nets)
+
+    def member_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [net(x) for net in self.nets]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        log_probs = torch.stack([torch.log_softmax(z, dim=1) for z in self.member_logits(x)])
+        return torch.logsumexp(log_probs, dim=0) - math.log(len(self.nets))
+
+
+def first_member(net: nn.Module) -> nn.Module:
+    """The network itself, or an ensemble's first member (for pictures of its layers)."""
+    return net.nets[0] if isinstance(net, Ensemble) else net
+
+
 BUILDERS = {"mlp": mlp, "cnn_numpy": cnn_numpy, "cnn_fast": cnn_fast, "cnn_best": cnn_best}
 CNNS = {"cnn_numpy", "cnn_fast", "cnn_best"}
 
 
 def build(c: Candidate) -> nn.Module:
-    """The network for candidate ``c`` (logits out), initialised as ``c.init`` says; the
-    caller seeds torch's generator."""
+    """The network for candidate ``c`` (logits out; an ``Ensemble`` of ``c.members`` if
+    more than one), initialised as ``c.init`` says; the caller seeds torch's generator."""
     if c.arch not in BUILDERS:
         raise ValueError(f"arch {c.arch!r} is not a torch model")
-    net = BUILDERS[c.arch](c)
+    nets = [BUILDERS[c.arch](c) for _ in range(c.members)]
+    net = nets[0] if c.members == 1 else Ensemble(nets)
     if c.init == "glorot":  # Keras's defaults for Dense and Conv2D
         for layer in net.modules():
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
@@ -136,6 +159,30 @@ def build(c: Candidate) -> nn.Module:
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def multiply_adds(model: nn.Module) -> int:
+    """Multiply-adds of the convolutions and linear layers for one image: what inference
+    costs, and what ``promote.max_multiply_adds`` budgets."""
+    total = 0
+
+    def count(layer: nn.Module, _inputs, output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(layer, nn.Conv2d):  # each output value: in/groups x kh x kw
+            k_h, k_w = layer.kernel_size
+            total += output.numel() * layer.in_channels // layer.groups * k_h * k_w
+        else:
+            total += layer.in_features * layer.out_features
+
+    hooks = [m.register_forward_hook(count) for m in model.modules()
+             if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.inference_mode():
+            model.eval()(torch.zeros(1, 1, 28, 28))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return total
 
 
 class Predictor(nn.Module):

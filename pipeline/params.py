@@ -88,6 +88,9 @@ class Candidate(Section):
     # Use only the first N (stratified, seeded) images of the train split; null = all.
     train_size: PosInt | None = None
     augment: Augment = Augment()
+    # Torch models: train this many copies of the network side by side, each from its own
+    # initial weights, on the same batches; predict with their averaged probabilities.
+    members: Annotated[int, Field(ge=1, le=8)] = 1
     # Test-time augmentation: average predictions over this many shifted copies.
     tta: Annotated[int, Field(ge=0, le=8)] = 0
     # logreg only: inverse regularisation strength and iteration cap.
@@ -98,6 +101,8 @@ class Candidate(Section):
     def _mlp_needs_hidden(self) -> Candidate:
         if self.arch == "mlp" and not self.hidden:
             raise ValueError("arch 'mlp' needs a non-empty 'hidden' list of layer sizes")
+        if self.members > 1 and self.arch == "logreg":
+            raise ValueError("members: a logreg candidate is one scikit-learn model; leave it 1")
         if self.micro_batch and self.arch in BATCH_NORM_ARCHS:
             raise ValueError(f"micro_batch: arch {self.arch!r} uses batch norm, whose "
                              "statistics would come from the parts; leave it null")
@@ -135,6 +140,9 @@ class MlflowParams(Section):
 class PromoteParams(Section):
     registered_model: str = Field(min_length=1)
     min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # The serving budget: only candidates of at most this many multiply-adds an image may
+    # become champion; null = any.
+    max_multiply_adds: PosInt | None = None
 
 
 S = TypeVar("S", bound=Section)

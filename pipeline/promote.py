@@ -2,7 +2,8 @@
 
 In: ``summary.json`` from summarize (validation and test accuracy, MLflow run id per
 candidate); the ``promote`` and ``mlflow`` params. The choice uses validation accuracy
-only: the test split plays no part. Out: ``decision.json`` (chosen version, metrics,
+only, among the candidates within the serving budget (``promote.max_multiply_adds``):
+the test split plays no part. Out: ``decision.json`` (chosen version, metrics,
 whether the alias moved and why) and, in the MLflow Model Registry, a version of
 ``promote.registered_model`` with metrics, params and lineage as tags, and the alias.
 
@@ -33,11 +34,25 @@ def client():
     return MlflowClient()
 
 
-def best_candidate(summary: dict) -> dict:
-    """Highest validation accuracy; ties go to the alphabetically first name."""
+def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
+    """Highest validation accuracy among the candidates within the serving budget; ties go
+    to the alphabetically first name."""
     if not summary:
         raise cli.StageError("summary.json lists no candidates")
-    return min(summary.values(), key=lambda r: (-r["val_accuracy"], r["candidate"]))
+    eligible = [r for r in summary.values()
+                if max_multiply_adds is None or r["multiply_adds"] <= max_multiply_adds]
+    if not eligible:
+        cheapest = min(summary.values(), key=lambda r: r["multiply_adds"])
+        raise cli.StageError(
+            f"promote.max_multiply_adds: no candidate fits {max_multiply_adds:,} multiply-adds "
+            f"an image (the cheapest, {cheapest['candidate']}, needs "
+            f"{cheapest['multiply_adds']:,}); raise the budget or enable a smaller candidate")
+    return min(eligible, key=lambda r: (-r["val_accuracy"], r["candidate"]))
+
+
+def over_budget(summary: dict, max_multiply_adds: int | None) -> list[str]:
+    return sorted(r["candidate"] for r in summary.values()
+                  if max_multiply_adds is not None and r["multiply_adds"] > max_multiply_adds)
 
 
 def ensure_registered_model(name: str) -> None:
@@ -62,6 +77,7 @@ def version_for_run(name: str, row: dict, experiment_id: str):
         raise cli.StageError(f"run {row['run_id']} ({row['candidate']}) has no logged model")
     run = c.get_run(row["run_id"])
     tags = {"candidate": row["candidate"], "val_accuracy": f"{row['val_accuracy']:.6f}",
+            "multiply_adds": str(row["multiply_adds"]),
             "test_accuracy": f"{row['test_accuracy']:.6f}", "parameters": str(row["parameters"]),
             **{k: v for k, v in run.data.tags.items()
                if k == "git_commit" or k.startswith("data_sha256.")}}
@@ -109,7 +125,7 @@ def decide(new_val: float, champion_val: float | None, min_improvement: float) -
 
 def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     name = params.registered_model
-    row = best_candidate(summary)
+    row = best_candidate(summary, params.max_multiply_adds)
     ensure_registered_model(name)
     version = version_for_run(name, row, experiment_id)
     champion = current_champion(name)
@@ -126,7 +142,9 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
             "test_accuracy": row["test_accuracy"], "alias": ALIAS, "alias_moved": moved,
             "reason": reason, "champion_version": served.version,
             "champion_candidate": served.tags.get("candidate"),
-            "champion_run_id": served.run_id}
+            "champion_run_id": served.run_id,
+            "max_multiply_adds": params.max_multiply_adds,
+            "over_budget": over_budget(summary, params.max_multiply_adds)}
 
 
 def rollback(name: str) -> str:
@@ -152,6 +170,9 @@ def main(args) -> None:
         raise cli.StageError("--summary and --out are required unless --rollback")
     decision = promote(atomic.read_json(args.summary), params, experiment_id)
     atomic.write_json(args.out, decision)
+    if decision["over_budget"]:
+        print(f"promote: over the serving budget of {params.max_multiply_adds:,} multiply-adds "
+              f"an image, so not eligible: {', '.join(decision['over_budget'])}")
     verb = "moved to" if decision["alias_moved"] else "stays on"
     print(f"promote: best candidate {decision['candidate']} (version {decision['version']}); "
           f"{ALIAS} {verb} version {decision['champion_version']}: {decision['reason']}")

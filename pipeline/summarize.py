@@ -13,8 +13,8 @@ from pathlib import Path
 from pipeline import atomic, cli
 from pipeline.params import TrainParams, load_section
 
-COLUMNS = ["candidate", "val_accuracy", "test_accuracy", "parameters", "epochs",
-           "train_seconds", "images_per_s", "run_id"]
+COLUMNS = ["candidate", "val_accuracy", "test_accuracy", "parameters", "multiply_adds",
+           "epochs", "train_seconds", "images_per_s", "run_id"]
 
 
 def row(name: str, models: Path, reports: Path) -> dict:
@@ -26,8 +26,9 @@ def row(name: str, models: Path, reports: Path) -> dict:
         raise cli.StageError(f"candidate {name} has not been trained and evaluated: {error}")
     return {"candidate": name, "val_accuracy": trained["val_accuracy"],
             "test_accuracy": tested["test_accuracy"], "parameters": trained["parameters"],
-            "epochs": trained["epochs"], "train_seconds": run["train_seconds"],
-            "images_per_s": run["images_per_s"], "run_id": run["run_id"]}
+            "multiply_adds": trained["multiply_adds"], "epochs": trained["epochs"],
+            "train_seconds": run["train_seconds"], "images_per_s": run["images_per_s"],
+            "run_id": run["run_id"]}
 
 
 def summarize(enabled: list[str], models: Path, reports: Path) -> list[dict]:

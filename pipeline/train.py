@@ -147,10 +147,15 @@ def train_torch(net: nn.Module, c: Candidate, data: Data, seed: int, on_epoch=No
             step_loss = 0.0
             for part in range(0, len(idx), chunk):  # one part unless micro_batch is set
                 xc, yc = xb[part : part + chunk], yb[part : part + chunk]
-                logits = net(xc.contiguous(memory_format=fmt))
+                xc = xc.contiguous(memory_format=fmt)
+                # An ensemble's members each learn from their own loss, as if trained alone.
+                outputs = (net.member_logits(xc) if isinstance(net, models.Ensemble)
+                           else [net(xc)])
+                logits = sum(outputs)
                 # Weighted by the part's share of the batch, the parts' gradients add
                 # up to the whole batch's (the weight is exactly 1.0 for one part).
-                loss = loss_fn(logits, yc) * (len(yc) / len(yb))
+                loss = (sum(loss_fn(z, yc) for z in outputs) / len(outputs)
+                        * (len(yc) / len(yb)))
                 loss.backward()
                 step_loss += loss.item()
                 correct += int((logits.argmax(1) == yc).sum())
@@ -282,7 +287,8 @@ def final_metrics(history: History, val_probs: torch.Tensor, y_val: torch.Tensor
     loss = F.nll_loss(torch.log(val_probs.clamp_min(1e-12)), y_val).item()
     return {"val_accuracy": int((val_probs.argmax(1) == y_val).sum()) / len(y_val),
             "val_loss": loss, "epochs": len(history.epochs),
-            "parameters": models.parameter_count(net)}
+            "parameters": models.parameter_count(net),
+            "multiply_adds": models.multiply_adds(net)}
 
 
 def log_datasets(data: Data, lineage: dict) -> None:

@@ -29,7 +29,7 @@ def test_output_shape_and_parameter_count(name):
 
 
 def test_cnn_widths_come_from_params():
-    c = CANDIDATES["cnn_best"].model_copy(update={"channels": [8, 16, 24]})
+    c = CANDIDATES["cnn_compact"].model_copy(update={"channels": [8, 16, 24]})
     net = train.build_net(c)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     batch_norms = 2 * (8 + 16 + 24)  # a weight and a bias per channel
@@ -40,7 +40,7 @@ def test_cnn_widths_come_from_params():
 
 @pytest.mark.parametrize("first_layer", ["pool", "stride"])
 def test_first_layer_reaches_14x14_either_way(first_layer):
-    c = CANDIDATES["cnn_best"].model_copy(update={"first_layer": first_layer})
+    c = CANDIDATES["cnn_compact"].model_copy(update={"first_layer": first_layer})
     net = train.build_net(c)
     conv = net[0]
     maps = conv(torch.zeros(2, 1, 28, 28))
@@ -52,6 +52,29 @@ def test_first_layer_reaches_14x14_either_way(first_layer):
     # The same weights either way: only where the 5x5 filter is applied changes.
     pool_net = train.build_net(c.model_copy(update={"first_layer": "pool"}))
     assert models.parameter_count(net) == models.parameter_count(pool_net)
+
+
+def test_ensemble_averages_its_members_probabilities():
+    c = CANDIDATES["cnn_best"]
+    assert c.members == 2
+    torch.manual_seed(0)
+    net = train.build_net(c).eval()
+    single = train.build_net(c.model_copy(update={"members": 1}))
+    assert models.parameter_count(net) == 2 * models.parameter_count(single)
+    assert models.multiply_adds(net) == 2 * models.multiply_adds(single)
+    x = torch.randn(5, 1, 28, 28)
+    with torch.no_grad():
+        a, b = (torch.softmax(z, dim=1) for z in net.member_logits(x))
+        assert not torch.allclose(a, b), "members start from the same weights"
+        torch.testing.assert_close(torch.softmax(net(x), dim=1), (a + b) / 2)
+
+
+def test_multiply_adds_of_a_known_network():
+    c = CANDIDATES["cnn_best"].model_copy(update={"members": 1, "channels": [8, 16, 24]})
+    convs = 8 * 14 * 14 * 25 + 16 * 14 * 14 * 8 * 9 + 24 * 7 * 7 * 16 * 9  # stride-2 first
+    head = 24 * 4 * 4 * 128 + 128 * 10
+    assert models.multiply_adds(train.build_net(c)) == convs + head
+    assert models.multiply_adds(train.build_net(CANDIDATES["mlp128"])) == 784 * 128 + 128 * 10
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +180,13 @@ def test_glorot_init_is_keras_default_and_seeded():
     torch.manual_seed(0)
     other = train.build_net(torch_default)[1]
     assert not torch.equal(other.weight, first.weight) and torch.count_nonzero(other.bias) > 0
+
+
+def test_an_ensemble_exports_to_onnx_with_the_same_probabilities():
+    from pipeline import package
+
+    torch.manual_seed(0)
+    predictor = models.Predictor(train.build_net(CANDIDATES["cnn_best"]), 0.13, 0.31).eval()
+    pixels = torch.rand(64, 1, 28, 28)
+    check = package.check_onnx(package.export_onnx(predictor), predictor, pixels)
+    assert check["label_disagreements"] == 0 and check["max_probability_diff"] < 1e-5

@@ -53,6 +53,12 @@ def write_with(tmp_path, edit):
      "train.candidates.cnn_best.first_layer", "'pool' or 'stride'"),
     ("train", lambda p: p["train"]["candidates"]["cnn_fast"].update(micro_batch=32),
      "train.candidates.cnn_fast", "batch norm"),
+    ("train", lambda p: p["train"]["candidates"]["logreg"].update(members=2),
+     "train.candidates.logreg", "one scikit-learn model"),
+    ("train", lambda p: p["train"]["candidates"]["cnn_best"].update(members=0),
+     "train.candidates.cnn_best.members", "greater than or equal to 1"),
+    ("promote", lambda p: p["promote"].update(max_multiply_adds="1.5M"),
+     "promote.max_multiply_adds", "integer"),
     ("promote", lambda p: p["promote"].update(min_improvement=2),
      "promote.min_improvement", "less than or equal to 1"),
 ])

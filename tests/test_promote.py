@@ -30,7 +30,7 @@ def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
                           tags={"candidate": name, "git_commit": "abc"}) as run:
         train.log_model(models.Predictor(net, 0.0, 1.0), Candidate(arch="logreg"))
     return {"candidate": name, "val_accuracy": val, "test_accuracy": test, "parameters": 7850,
-            "run_id": run.info.run_id}
+            "multiply_adds": 7840, "run_id": run.info.run_id}
 
 
 def decide(store, rows, min_improvement=0.0):
@@ -100,3 +100,16 @@ def test_choice_ignores_test_accuracy():
     assert promote.best_candidate(rows)["candidate"] == "y"
     with pytest.raises(cli.StageError):
         promote.best_candidate({})
+
+
+def test_serving_budget_leaves_out_costly_candidates():
+    rows = {"big": {"candidate": "big", "val_accuracy": 0.996, "multiply_adds": 2_700_000},
+            "small": {"candidate": "small", "val_accuracy": 0.995, "multiply_adds": 1_400_000},
+            "tiny": {"candidate": "tiny", "val_accuracy": 0.97, "multiply_adds": 8_000}}
+    assert promote.best_candidate(rows)["candidate"] == "big"
+    assert promote.best_candidate(rows, 1_500_000)["candidate"] == "small"
+    assert promote.best_candidate(rows, 2_700_000)["candidate"] == "big"  # the limit fits
+    assert promote.over_budget(rows, 1_500_000) == ["big"]
+    assert promote.over_budget(rows, None) == []
+    with pytest.raises(cli.StageError, match=r"promote.max_multiply_adds: .*tiny, needs 8,000"):
+        promote.best_candidate(rows, 1_000)
