@@ -98,7 +98,8 @@ def cnn_fast(c: Candidate) -> nn.Sequential:
 
 def cnn_best(c: Candidate) -> nn.Sequential:
     """Ours, best: cnn_fast's convolutions (params.yaml: 16-24-48, the first at stride 2;
-    1.36M MACs an image) with a dense head.
+    1.36M MACs an image) with a dense head. The ``cnn_compact`` candidate is one of these,
+    ``cnn_best`` two averaged (``members: 2``).
 
     Its accuracy comes from training: augmentation, label smoothing and 30 epochs with a
     one-cycle schedule (training time: README). Its size comes from inference cost: the
