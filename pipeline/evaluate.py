@@ -67,7 +67,7 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict:
 def penultimate(predictor: models.Predictor, pixels: torch.Tensor) -> np.ndarray:
     """Features before the last layer (of an ensemble's first member), (N, F), for the
     2-D embedding."""
-    body = models.first_member(predictor.net)[:-1]
+    body = models.members(predictor.net)[0][:-1]
     with torch.inference_mode():
         return body((pixels - predictor.mean) / predictor.std).flatten(1).numpy()
 
@@ -94,7 +94,7 @@ def write_pictures(name: str, out: Path, predictor, pixels, images, labels, pred
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
     plots.save_val_correct(rows, out / "val_correct.png", name, int(rows[0]["val_correct"]
                            / max(rows[0]["val_accuracy"], 1e-9) + 0.5))
-    layers = [m.weight.detach().numpy() for m in models.first_member(predictor.net)
+    layers = [m.weight.detach().numpy() for m in models.members(predictor.net)[0]
               if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
     plots.save_weight_tiles(layers, out / "weights.png", name)
 

@@ -125,17 +125,14 @@ class Ensemble(nn.Module):
         super().__init__()
         self.nets = nn.ModuleList(nets)
 
-    def member_logits(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [net(x) for net in self.nets]
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        log_probs = torch.stack([torch.log_softmax(z, dim=1) for z in self.member_logits(x)])
+        log_probs = torch.stack([torch.log_softmax(net(x), dim=1) for net in self.nets])
         return torch.logsumexp(log_probs, dim=0) - math.log(len(self.nets))
 
 
-def first_member(net: nn.Module) -> nn.Module:
-    """The network itself, or an ensemble's first member (for pictures of its layers)."""
-    return net.nets[0] if isinstance(net, Ensemble) else net
+def members(net: nn.Module) -> list[nn.Module]:
+    """An ensemble's networks, or ``[net]`` for a single one."""
+    return list(net.nets) if isinstance(net, Ensemble) else [net]
 
 
 BUILDERS = {"mlp": mlp, "cnn_numpy": cnn_numpy, "cnn_fast": cnn_fast, "cnn_best": cnn_best}

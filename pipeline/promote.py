@@ -34,13 +34,16 @@ def client():
     return MlflowClient()
 
 
+def within_budget(row: dict, max_multiply_adds: int | None) -> bool:
+    return max_multiply_adds is None or row["multiply_adds"] <= max_multiply_adds
+
+
 def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
     """Highest validation accuracy among the candidates within the serving budget; ties go
     to the alphabetically first name."""
     if not summary:
         raise cli.StageError("summary.json lists no candidates")
-    eligible = [r for r in summary.values()
-                if max_multiply_adds is None or r["multiply_adds"] <= max_multiply_adds]
+    eligible = [r for r in summary.values() if within_budget(r, max_multiply_adds)]
     if not eligible:
         cheapest = min(summary.values(), key=lambda r: r["multiply_adds"])
         raise cli.StageError(
@@ -52,7 +55,7 @@ def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
 
 def over_budget(summary: dict, max_multiply_adds: int | None) -> list[str]:
     return sorted(r["candidate"] for r in summary.values()
-                  if max_multiply_adds is not None and r["multiply_adds"] > max_multiply_adds)
+                  if not within_budget(r, max_multiply_adds))
 
 
 def ensure_registered_model(name: str) -> None:

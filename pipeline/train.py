@@ -131,6 +131,8 @@ def train_torch(net: nn.Module, c: Candidate, data: Data, seed: int, on_epoch=No
     loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
     augmenting = any((c.augment.max_shift, c.augment.max_rotate, c.augment.max_scale))
     chunk = c.micro_batch or c.batch_size
+    # An ensemble's members each learn from their own loss, as if trained alone.
+    nets = models.members(net)
     history = History()
     bar = tqdm(total=c.epochs * steps_per_epoch, desc="train", unit="step", mininterval=0.5)
     for epoch in range(1, c.epochs + 1):
@@ -148,9 +150,7 @@ def train_torch(net: nn.Module, c: Candidate, data: Data, seed: int, on_epoch=No
             for part in range(0, len(idx), chunk):  # one part unless micro_batch is set
                 xc, yc = xb[part : part + chunk], yb[part : part + chunk]
                 xc = xc.contiguous(memory_format=fmt)
-                # An ensemble's members each learn from their own loss, as if trained alone.
-                outputs = (net.member_logits(xc) if isinstance(net, models.Ensemble)
-                           else [net(xc)])
+                outputs = [member(xc) for member in nets]
                 logits = sum(outputs)
                 # Weighted by the part's share of the batch, the parts' gradients add
                 # up to the whole batch's (the weight is exactly 1.0 for one part).
