@@ -11,7 +11,7 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install run test bench reproduce ui clean system-tools
+.PHONY: install run test lint bench reproduce ui clean system-tools
 
 # Debian packages the browser tests and the load benchmark drive (as root, e.g. in CI).
 system-tools:
@@ -29,14 +29,18 @@ $(STAMP): pyproject.toml
 run: install            ## the whole pipeline: fetch ... train, evaluate ... promote, package
 	dvc repro
 
-test: install system-tools  ## the whole test suite (CI runs exactly this)
+test: install system-tools lint  ## lint, then the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
 
-bench: install system-tools  ## speed figures (prints them; see README)
-	$(PY) -m bench.pipeline_bench
-	$(PY) -m bench.serving_bench
+lint: install           ## ruff: lint and formatting checks (`ruff format .` fixes the format)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
-reproduce: install      ## the R1-R5 reproduction table, several seeds on full data (slow)
+bench: install system-tools  ## speed figures, written to docs/performance.md
+	$(PY) -m bench
+
+reproduce: install      ## the R1-R5 reproduction table (docs/reproduction.md), several seeds
+	dvc repro normalise
 	$(PY) -m bench.reproduce
 
 ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000

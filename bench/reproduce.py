@@ -1,19 +1,19 @@
 """Reproduce the five reference systems (R1-R5) and print the reproduction table.
 
 For each reference candidate in params.yaml, train with several seeds on the full
-train split through the pipeline's own functions (``pipeline.train``), score the
-10,000 official test images exactly as ``pipeline.evaluate`` does (raw pixels / 255
-through ``models.Predictor``), and compare the mean test accuracy with the published
+train split through the pipeline's own functions (``pipeline.training``), score the
+10,000 official test images exactly as the evaluate stage does (raw pixels / 255
+through ``inference.Predictor``), and compare the mean test accuracy with the published
 figure. A reproduction holds when our mean lies within the published spread (or 0.5
 percentage points where none was given), or above it.
 
 In: params.yaml (the ``train`` and ``evaluate`` sections), the normalised arrays and
 ``stats.json`` from normalise, ``test.npz`` from split (paths from dvc.yaml's ``vars``,
 so run ``dvc repro normalise`` first, or pass --data/--test). Out: the table printed
-as markdown, and ``reproduction.md`` and ``reproduction.json`` (every run's figures) in
---out. Cost: 13 min with the default seeds on 2 idle cores (1 thread for the MLPs, as the
-train stage picks), most of it R3 (batch 15, 20 epochs: 2.5-3 min a seed).
-``--render`` re-prints a table without training.
+as markdown, and ``reproduction.md`` (dated, with the machine's calibration) and
+``reproduction.json`` (every run's figures) in --out, docs/ by default. Most of the cost
+is R3 (batch 15, 20 epochs); the threads are the train stage's (1 for the MLPs, every
+core for R2). ``--render`` re-prints a table without training.
 
 Example: python -m bench.reproduce --only R2 R4 --seeds 3
 """
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -33,11 +32,14 @@ from pathlib import Path
 # brings the bars back. tqdm reads this when it is imported, so it comes first.
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import torch
+import yaml
 
-from pipeline import atomic, cli, evaluate, models, train  # noqa: E402
-from pipeline.params import Candidate, EvaluateParams, TrainParams, load_section  # noqa: E402
+from bench.report import calibration, machine
+from pipeline import atomic, cli, inference, models, runtime, training
+from pipeline.errors import StageError
+from pipeline.params import Candidate, EvaluateParams, TrainParams, load_section
+from pipeline.stages.evaluate import score
 
 ROOT = Path(__file__).resolve().parent.parent
 TOLERANCE = 0.5  # percentage points, where a write-up gives no spread
@@ -60,37 +62,61 @@ class Reference:
 
 
 REFERENCES = (
-    Reference("R1", "mlp_tanh16", 95.49, loss=0.1532,
-              reading="Keras's Glorot-uniform initialisation, as theirs; trained on 50,000 "
-                      "images (they used all 60,000); all else as published",
-              gap="theirs is a single run on 60,000 images; ours spreads by ± 0.2-0.4 points "
-                  "from seed to seed (a 16-16 tanh network at lr 0.4), and neither torch's "
-                  "initialisation nor all 60,000 images closed the gap (a diagnostic run of "
-                  "3 seeds on 60,000 gave 94.66 %, from 94.10 to 95.14 %)"),
-    Reference("R2", "cnn_numpy", 97.27, spread=0.43, seconds=302.5, seconds_spread=1.5, trials=4,
-              reading="optimizer not stated (hand-written numpy): Adam with lr 0.01, the best "
-                      "validation accuracy of 0.001, 0.003, 0.01, 0.03 (at 0.001 the 96 steps "
-                      "reach only about 94.4 %); their time is numpy on their machine, ours "
-                      "torch on 2 CPU cores",
-              gap="their optimizer is unknown; Adam at lr 0.01 gets further in the 96 steps than "
-                  "their hand-written update did"),
-    Reference("R3", "mlp_wide_softmax", 92.79,
-              reading="hidden activation \"softmax\" taken literally (softmax across the 784 "
-                      "hidden units); Adam lr 0.001 and Glorot-uniform initialisation (Keras's "
-                      "defaults); 50,000 training images (they used 60,000 and validated on "
-                      "the test set)",
-              gap="a softmax over 784 units squeezes each activation to about 1/784, so the "
-                  "result hangs on initialisation and step size; the write-up shows one run"),
-    Reference("R4", "mlp128", 98.1,
-              reading="Glorot-uniform initialisation (Keras's default); 48,000 training "
-                      "images, a stratified subset of our 50,000 (they held out 20 % of 60,000)",
-              gap="their 98.1 % is one run given to 0.1 point, with settings chosen while "
-                  "watching the test set; Keras's Adam epsilon is 1e-7, torch's 1e-8"),
-    Reference("R5", "mlp_sigmoid", 94.62,
-              reading="hidden sizes not stated: [30], Nielsen's network; cross-entropy loss "
-                      "with SGD lr 0.5, batch 10 (Nielsen's chapter-3 settings)",
-              gap="hidden sizes, cost and initialisation are not stated; Nielsen initialises with "
-                  "N(0, 1/n_in) weights, torch with a uniform of the same order"),
+    Reference(
+        "R1",
+        "mlp_tanh16",
+        95.49,
+        loss=0.1532,
+        reading="Keras's Glorot-uniform initialisation, as theirs; trained on 50,000 "
+        "images (they used all 60,000); all else as published",
+        gap="theirs is a single run on 60,000 images; ours spreads by several tenths "
+        "of a point from seed to seed (a 16-16 tanh network at lr 0.4), and neither "
+        "torch's initialisation nor all 60,000 images closed the gap "
+        "(docs/models.md)",
+    ),
+    Reference(
+        "R2",
+        "cnn_r2",
+        97.27,
+        spread=0.43,
+        seconds=302.5,
+        seconds_spread=1.5,
+        trials=4,
+        reading="optimizer not stated (hand-written numpy): Adam with lr 0.01, the best "
+        "validation accuracy of 0.001, 0.003, 0.01, 0.03 (docs/models.md); their "
+        "time is numpy on their machine, ours torch on this one's CPU cores",
+        gap="their optimizer is unknown; Adam at lr 0.01 gets further in the 96 steps than "
+        "their hand-written update did",
+    ),
+    Reference(
+        "R3",
+        "mlp_wide_softmax",
+        92.79,
+        reading='hidden activation "softmax" taken literally (softmax across the 784 '
+        "hidden units); Adam lr 0.001 and Glorot-uniform initialisation (Keras's "
+        "defaults); 50,000 training images (they used 60,000 and validated on "
+        "the test set)",
+        gap="a softmax over 784 units squeezes each activation to about 1/784, so the "
+        "result hangs on initialisation and step size; the write-up shows one run",
+    ),
+    Reference(
+        "R4",
+        "mlp128",
+        98.1,
+        reading="Glorot-uniform initialisation (Keras's default); 48,000 training "
+        "images, a stratified subset of our 50,000 (they held out 20 % of 60,000)",
+        gap="their 98.1 % is one run given to 0.1 point, with settings chosen while "
+        "watching the test set; Keras's Adam epsilon is 1e-7, torch's 1e-8",
+    ),
+    Reference(
+        "R5",
+        "mlp_sigmoid",
+        94.62,
+        reading="hidden sizes not stated: [30], Nielsen's network; cross-entropy loss "
+        "with SGD lr 0.5, batch 10 (Nielsen's chapter-3 settings)",
+        gap="hidden sizes, cost and initialisation are not stated; Nielsen initialises with "
+        "N(0, 1/n_in) weights, torch with a uniform of the same order",
+    ),
 )
 
 
@@ -109,24 +135,30 @@ def dvc_paths() -> dict[str, str]:
     return {k: v for item in data.get("vars", []) for k, v in item.items()}
 
 
-def run_once(c: Candidate, seed: int, data_dir: Path, test: dict, stats: dict,
-             eval_batch: int) -> Run:
+def run_once(
+    c: Candidate, seed: int, data_dir: Path, test: dict, stats: dict, eval_batch: int
+) -> Run:
     """Train ``c`` as the train stage does (seeded), then score it as evaluate does."""
     torch.manual_seed(seed)
-    data = train.load_data(data_dir, c, seed)
+    data = training.load_data(data_dir, c, seed)
     started = time.perf_counter()
-    if c.arch == "logreg":
-        _, net = train.train_logreg(c, data, seed)
+    if c.is_torch:
+        net = models.build(c)
+        training.train_torch(net, c, data, seed)
     else:
-        net = train.build_net(c)
-        train.train_torch(net, c, data, seed)
+        _, _, net = training.train_logreg(c, data, seed)
     seconds = time.perf_counter() - started
     net = net.to(memory_format=torch.contiguous_format).eval()
-    predictor = models.Predictor(net, stats["mean"], stats["std"], tta=c.tta).eval()
-    probs = models.predict_proba(predictor, test["pixels"], eval_batch).numpy()
-    scored = evaluate.score(probs, test["labels"])
-    return Run(seed, 100 * scored["test_accuracy"], scored["test_loss"], seconds,
-               len(data.y_train) * (c.epochs if c.arch != "logreg" else 1) / seconds)
+    predictor = inference.make_predictor(c, net, stats)
+    probs = inference.in_batches(predictor, test["pixels"], eval_batch).numpy()
+    scored = score(probs, test["labels"])
+    return Run(
+        seed,
+        100 * scored["test_accuracy"],
+        scored["test_loss"],
+        seconds,
+        len(data.y_train) * (c.epochs if c.is_torch else 1) / seconds,
+    )
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -137,8 +169,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 def verdict(mean: float, ref: Reference) -> tuple[str, str]:
     """(reproduced | better | different, the reason in numbers)."""
     tol = ref.spread if ref.spread is not None else TOLERANCE
-    band = (f"{ref.accuracy:.2f} ± {tol:.2f}" + ("" if ref.spread is not None
-                                                 else " (no spread published: ± 0.5 points)"))
+    band = f"{ref.accuracy:.2f} ± {tol:.2f}" + (
+        "" if ref.spread is not None else " (no spread published: ± 0.5 points)"
+    )
     if abs(mean - ref.accuracy) <= tol + 1e-9:  # 97.70 vs 97.27 + 0.43 in floats
         return "reproduced", f"{mean:.2f} lies within {band}"
     if mean > ref.accuracy:
@@ -152,73 +185,154 @@ def summarise(ref: Reference, c: Candidate, runs: list[Run]) -> dict:
     secs, secs_std = mean_std([r.train_seconds for r in runs])
     speed, _ = mean_std([r.images_per_s for r in runs])
     kind, reason = verdict(acc, ref)
-    return {"id": ref.id, "candidate": ref.candidate, "description": c.description,
-            "published": {k: v for k, v in asdict(ref).items() if k not in ("id", "candidate")},
-            "runs": [asdict(r) for r in runs],
-            "test_accuracy_mean": acc, "test_accuracy_std": acc_std,
-            "test_loss_mean": loss, "test_loss_std": loss_std,
-            "train_seconds_mean": secs, "train_seconds_std": secs_std,
-            "images_per_s_mean": speed, "verdict": kind, "reason": reason,
-            "holds": kind in ("reproduced", "better")}
+    return {
+        "id": ref.id,
+        "candidate": ref.candidate,
+        "description": c.description,
+        "published": {k: v for k, v in asdict(ref).items() if k not in ("id", "candidate")},
+        "runs": [asdict(r) for r in runs],
+        "test_accuracy_mean": acc,
+        "test_accuracy_std": acc_std,
+        "test_loss_mean": loss,
+        "test_loss_std": loss_std,
+        "train_seconds_mean": secs,
+        "train_seconds_std": secs_std,
+        "images_per_s_mean": speed,
+        "verdict": kind,
+        "reason": reason,
+        "holds": kind in ("reproduced", "better"),
+    }
 
 
 def table(rows: list[dict], context: dict) -> str:
     """The reproduction table as markdown, with our readings of open details below it."""
-    lines = ["| id | candidate | published test acc. | ours: mean ± std (seeds) | "
-             "our train time vs theirs | verdict |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| id | candidate | published test acc. | ours: mean ± std (seeds) | "
+        "our train time vs theirs | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
         p = row["published"]
         published = f"{p['accuracy']:.2f} %" + (f" ± {p['spread']:.2f}" if p["spread"] else "")
         published += f" ({p['trials']} trials)" if p["trials"] > 1 else ""
         published += f", loss {p['loss']:.4f}" if p["loss"] else ""
-        ours = (f"{row['test_accuracy_mean']:.2f} % ± {row['test_accuracy_std']:.2f} "
-                f"({len(row['runs'])}), loss {row['test_loss_mean']:.4f}")
-        time_ours = (f"{row['train_seconds_mean']:.1f} ± {row['train_seconds_std']:.1f} s "
-                     f"({row['images_per_s_mean']:,.0f} img/s, {row['threads']} "
-                     f"thread{'s' if row['threads'] > 1 else ''})")
-        theirs = (f"{p['seconds']} ± {p['seconds_spread']} s" if p["seconds"]
-                  else "not published")
+        ours = (
+            f"{row['test_accuracy_mean']:.2f} % ± {row['test_accuracy_std']:.2f} "
+            f"({len(row['runs'])}), loss {row['test_loss_mean']:.4f}"
+        )
+        time_ours = (
+            f"{row['train_seconds_mean']:.1f} ± {row['train_seconds_std']:.1f} s "
+            f"({row['images_per_s_mean']:,.0f} img/s, {row['threads']} "
+            f"thread{'s' if row['threads'] > 1 else ''})"
+        )
+        theirs = f"{p['seconds']} ± {p['seconds_spread']} s" if p["seconds"] else "not published"
         why = row["reason"] + (f"; {p['gap']}" if row["verdict"] != "reproduced" else "")
-        lines.append(f"| {row['id']} | `{row['candidate']}` | {published} | {ours} | "
-                     f"{time_ours} vs {theirs} | **{row['verdict']}**: {why} |")
+        lines.append(
+            f"| {row['id']} | `{row['candidate']}` | {published} | {ours} | "
+            f"{time_ours} vs {theirs} | **{row['verdict']}**: {why} |"
+        )
     lines += ["", "Our readings of what each write-up left open (set in params.yaml):", ""]
-    lines += [f"- {row['id']} `{row['candidate']}`: {row['published']['reading']}. "
-              f"Params: {row['description']}" for row in rows]
-    lines += ["", f"Measured on {context['machine']}, "
-              f"torch {context['torch']}; load average {context['load_before']} before the "
-              "runs (times are noisy on a shared machine). Rule: a reproduction holds when our "
-              "mean test accuracy is within the published spread (or 0.5 points where none was "
-              "given), or above it. Command: `" + context["command"] + "`", ""]
+    lines += [
+        f"- {row['id']} `{row['candidate']}`: {row['published']['reading']}. "
+        f"Params: {row['description']}"
+        for row in rows
+    ]
+    lines += [
+        "",
+        "Rule: a reproduction holds when our mean test accuracy is within the "
+        "published spread (or 0.5 points where none was given), or above it.",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def header(context: dict) -> str:
+    cal = context.get("calibration") or {}
+    calibrated = (
+        f"10^7 Python additions {cal['python_loop_s']:.2f} s, 20 float32 "
+        f"1024x1024 matmuls {cal['matmul_s']:.2f} s (best of 3)"
+        if cal
+        else "not recorded"
+    )
+    return "\n".join(
+        [
+            "# Reproduction of R1-R5",
+            "",
+            "Written by `make reproduce` (bench/reproduce.py); do not edit by hand.",
+            "",
+            f"- date: {context.get('date', 'not recorded')}",
+            f"- machine: {context['machine']}, torch {context['torch']} (load average "
+            f"{context['load_before']} before the runs)",
+            f"- calibration: {calibrated}",
+            f"- command: `{context['command']}`",
+            "",
+            "",
+        ]
+    )
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     paths = dvc_paths()
     names = [r.id for r in REFERENCES] + [r.candidate for r in REFERENCES]
-    p = argparse.ArgumentParser(prog="python -m bench.reproduce", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=None, metavar="N",
-                   help="seeds 0..N-1 for every system (default: 3, or the published number "
-                        "of trials if larger: 4 for R2)")
-    p.add_argument("--only", nargs="+", choices=names, metavar="NAME",
-                   help=f"run only these systems, by id or candidate name ({', '.join(names)})")
-    p.add_argument("--params", type=Path, default=ROOT / "params.yaml",
-                   help="params file (default: params.yaml)")
-    p.add_argument("--data", type=Path, default=ROOT / paths["normalised_dir"],
-                   help="folder of normalised train/val arrays and stats.json "
-                        "(default: %(default)s)")
-    p.add_argument("--test", type=Path, default=ROOT / paths["split_dir"] / "test.npz",
-                   help="test.npz from split (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads for every system (default: train.threads from params, "
-                        "whose 0 means what the train stage picks: 1 for MLPs, all cores for "
-                        "CNNs)")
-    p.add_argument("--render", type=Path, metavar="JSON",
-                   help="train nothing: print and write the table again from an earlier "
-                        "reproduction.json (its runs; verdicts and notes from this script)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out",
-                   help="folder for reproduction.md and reproduction.json (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.reproduce",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="seeds 0..N-1 for every system (default: 3, or the published number "
+        "of trials if larger: 4 for R2)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=names,
+        metavar="NAME",
+        help=f"run only these systems, by id or candidate name ({', '.join(names)})",
+    )
+    p.add_argument(
+        "--params",
+        type=Path,
+        default=ROOT / "params.yaml",
+        help="params file (default: params.yaml)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=ROOT / paths["normalised_dir"],
+        help="folder of normalised train/val arrays and stats.json (default: %(default)s)",
+    )
+    p.add_argument(
+        "--test",
+        type=Path,
+        default=ROOT / paths["split_dir"] / "test.npz",
+        help="test.npz from split (default: %(default)s)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for every system (default: train.threads from params, "
+        "whose 0 means what the train stage picks: 1 for MLPs, all cores for "
+        "CNNs)",
+    )
+    p.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="train nothing: print and write the table again from an earlier "
+        "reproduction.json (its runs; verdicts and notes from this script)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=ROOT / "docs",
+        help="folder for reproduction.md and reproduction.json (default: %(default)s)",
+    )
     args = p.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be at least 1")
@@ -231,37 +345,48 @@ def main(args: argparse.Namespace) -> None:
     chosen = [r for r in REFERENCES if not args.only or {r.id, r.candidate} & set(args.only)]
     missing = [r.candidate for r in chosen if r.candidate not in params.candidates]
     if missing:
-        raise cli.StageError(f"train.candidates: no candidate named {missing} in {args.params}")
+        raise StageError(f"train.candidates: no candidate named {missing} in {args.params}")
     if args.render:
         return render(args.render, args.out, params, chosen)
     for path in (args.data / "stats.json", args.test):
         if not path.is_file():
-            raise cli.StageError(f"{path} not found: run `dvc repro normalise` first, or point "
-                                 "--data and --test at the normalise and split outputs")
+            raise StageError(
+                f"{path} not found: run `dvc repro normalise` first, or point "
+                "--data and --test at the normalise and split outputs"
+            )
     stats = atomic.read_json(args.data / "stats.json")
     test_npz = atomic.read_npz(args.test)
-    test = {"pixels": evaluate.to_pixels(test_npz["images"]), "labels": test_npz["labels"]}
-    context = {"threads": params.threads if args.threads is None else args.threads,
-               "machine": f"{platform.machine()} ({os.cpu_count()} cores)",
-               "torch": torch.__version__,
-               "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-               "command": "python -m bench.reproduce " + " ".join(sys.argv[1:]),
-               "n_test": int(len(test["labels"]))}
+    test = {"pixels": inference.to_pixels(test_npz["images"]), "labels": test_npz["labels"]}
+    context = {
+        "threads": params.threads if args.threads is None else args.threads,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": machine(),
+        "calibration": calibration(),
+        "torch": torch.__version__,
+        "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "command": "python -m bench.reproduce " + " ".join(sys.argv[1:]),
+        "n_test": len(test["labels"]),
+    }
     rows = []
-    # Most threads first: once torch has run ops on 1 thread, its OpenMP pool runs 2-thread
-    # work about 1.6x slower in the same process (R2 after R1: 18-21 s a seed, else 11-13 s).
-    for ref in sorted(chosen, key=lambda r: -train.threads_for(
-            context["threads"], params.candidates[r.candidate].arch)):
+    # Most threads first: once torch has run ops on 1 thread, its OpenMP pool runs
+    # multi-threaded work markedly slower in the same process.
+    for ref in sorted(
+        chosen,
+        key=lambda r: -runtime.threads_for(context["threads"], params.candidates[r.candidate]),
+    ):
         c = params.candidates[ref.candidate]
-        threads = train.set_threads(context["threads"], c.arch)
+        threads = runtime.set_threads(context["threads"], c)
         seeds = range(args.seeds if args.seeds is not None else max(3, ref.trials))
         runs = []
         for seed in seeds:
             run = run_once(c, seed, args.data, test, stats, eval_params.batch_size)
             runs.append(run)
-            print(f"reproduce: {ref.id} {ref.candidate} seed {seed}: test accuracy "
-                  f"{run.test_accuracy:.2f} %, loss {run.test_loss:.4f}, "
-                  f"{run.train_seconds:.1f} s ({run.images_per_s:,.0f} img/s)", flush=True)
+            print(
+                f"reproduce: {ref.id} {ref.candidate} seed {seed}: test accuracy "
+                f"{run.test_accuracy:.2f} %, loss {run.test_loss:.4f}, "
+                f"{run.train_seconds:.1f} s ({run.images_per_s:,.0f} img/s)",
+                flush=True,
+            )
         rows.append(summarise(ref, c, runs) | {"threads": threads})
         rows.sort(key=lambda row: row["id"])
         write(args.out, rows, context)  # after each system, so a stopped run keeps its rows
@@ -273,16 +398,22 @@ def render(report_path: Path, out: Path, params: TrainParams, chosen: list[Refer
     """The table again from an earlier run's JSON: its runs, today's notes and verdicts."""
     report = atomic.read_json(report_path)
     refs = {r.id: r for r in chosen}
-    rows = [summarise(refs[row["id"]], params.candidates[row["candidate"]],
-                      [Run(**run) for run in row["runs"]])
-            | {"threads": row.get("threads", report["context"]["threads"])}
-            for row in report["systems"] if row["id"] in refs]
+    rows = [
+        summarise(
+            refs[row["id"]],
+            params.candidates[row["candidate"]],
+            [Run(**run) for run in row["runs"]],
+        )
+        | {"threads": row.get("threads", report["context"]["threads"])}
+        for row in report["systems"]
+        if row["id"] in refs
+    ]
     write(out, rows, report["context"])
     print(table(rows, report["context"]))
 
 
 def write(out: Path, rows: list[dict], context: dict) -> None:
-    atomic.write_text(out / "reproduction.md", "# Reproduction of R1-R5\n\n" + table(rows, context))
+    atomic.write_text(out / "reproduction.md", header(context) + table(rows, context))
     atomic.write_json(out / "reproduction.json", {"context": context, "systems": rows})
 
 

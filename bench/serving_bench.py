@@ -1,17 +1,18 @@
 """Serving speed: a real `bentoml serve` on 127.0.0.1, loaded by `wrk` from another process.
 
-Measures, each for --duration seconds at --concurrency connections (targets in brackets):
-- single-digit /predict, JSON list body and base64 body: req/s, p50, p99 [>= 1,000 req/s,
-  p99 <= 100 ms]; then the base64 case again with batching off (MNIST_MAX_BATCH=1), with
-  BentoML's access log off, and with 1 worker of 2 ONNX Runtime threads;
-- one /predict of 10,000 digits, base64 and JSON list: median of 5 [<= 0.5 s];
-- /predict_image with a 200x200 PNG of a real digit: req/s [>= 300].
+Measures, each for --duration seconds at --concurrency connections:
+- single-digit /predict, JSON list body and base64 body: req/s, p50, p99; then the base64
+  case again with batching off (MNIST_MAX_BATCH=1), with BentoML's access log off, and
+  with 1 worker of 2 ONNX Runtime threads;
+- one /predict of 10,000 digits, base64 and JSON list: median of 5;
+- /predict_image with a 200x200 PNG of a real digit: req/s.
 
 In: the model to serve: --model-tag (from the store BENTOML_HOME points at); else the
 model that `make run` packaged last (mnist-classifier:latest, the champion); else, before
-any `make run`, the stand-in from serving.fixture_model in a temporary store (about 10 s).
+any `make run`, the stand-in from tests/support/fixture_model.py in a temporary store.
 Needs wrk (`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
-Out: a table on stdout. Cost: about 2 min. Loopback only; every load run is bounded.
+Out: a table on stdout. Loopback only; every load run is bounded.
+`python -m bench` runs this with the pipeline benchmark and writes docs/performance.md.
 
     python -m bench.serving_bench [--model-tag mnist-classifier:latest] [--duration 10]
 """
@@ -40,7 +41,9 @@ import numpy as np
 import psutil  # a BentoML dependency
 from PIL import Image
 
-from serving.launch import ServeError, bentoml_serve
+from bench.report import Report
+from tests.support.mnist import load_mnist
+from tests.support.serve import ServeError, bentoml_serve
 
 REPO = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = """
@@ -74,8 +77,9 @@ class Server:
 def serve(env: dict[str, str], log_path: Path) -> Iterator[Server]:
     """`bentoml serve` of the service; exits with its log if it does not get ready."""
     try:
-        with bentoml_serve("serving.service:MNISTClassifier", env=env, cwd=REPO,
-                           log_path=log_path) as served:
+        with bentoml_serve(
+            "serving.service:MNISTClassifier", env=env, cwd=REPO, log_path=log_path
+        ) as served:
             yield Server(served.url, served.pid)
     except ServeError as error:
         sys.exit(str(error))
@@ -167,28 +171,25 @@ def png_of(digit: np.ndarray, size: int = 200) -> bytes:
     return buffer.getvalue()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model-tag", help="a model already in the store BENTOML_HOME points at")
-    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
-    parser.add_argument("--concurrency", type=int, default=32)
-    args = parser.parse_args()
+SECTION = "Serving"
+
+
+def run_all(
+    report: Report, model_tag: str | None = None, duration: int = 10, concurrency: int = 32
+) -> None:
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install -y wrk")
-
-    from serving.fixture_model import load_mnist, mnist_mirror
-
     workdir = Path(tempfile.mkdtemp(prefix="serving_bench_"))
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
-    tag = args.model_tag or stored_champion()
+    tag = model_tag or stored_champion()
     if tag is None:  # no `make run` yet: a small stand-in in a store of its own
         env["BENTOML_HOME"] = os.environ["BENTOML_HOME"] = str(workdir / "bentoml")
-        from serving.fixture_model import build
+        from tests.support.fixture_model import build
 
-        tag = str(build(mnist_mirror()).tag)
+        tag = str(build().tag)
     env["MNIST_MODEL_TAG"] = tag
 
-    digits, _ = load_mnist(mnist_mirror(), "t10k")  # (10000, 28, 28) uint8
+    digits, _ = load_mnist("t10k")  # (10000, 28, 28) uint8
     bodies = {
         "list": json.dumps({"images": digits[:1].tolist()}).encode(),
         "b64": json.dumps({"images_b64": base64.b64encode(digits[:1].tobytes()).decode()}).encode(),
@@ -200,8 +201,18 @@ def main() -> None:
     for name, body in bodies.items():
         (workdir / f"{name}.json").write_bytes(body)
     (workdir / "digit.png").write_bytes(png_of(digits[0]))
-
-    rows: list[tuple[str, str, str]] = []
+    load_section = f"{SECTION}: {concurrency} connections, {duration} s a run"
+    report.table(
+        load_section,
+        "what",
+        "req/s",
+        "p50",
+        "p99",
+        "server CPU a request",
+        "digits a model run",
+        "errors",
+        "target",
+    )
 
     def load(
         label: str, server: Server, route: str, body: Path, content_type: str, target: str
@@ -212,75 +223,85 @@ def main() -> None:
             f"{server.url}{route}",
             body,
             content_type,
-            duration=args.duration,
-            connections=args.concurrency,
+            duration=duration,
+            connections=concurrency,
             workdir=workdir,
         )
         cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
         runs_after, rows_after = batch_counts(server.url)
-        runs, digits = runs_after - runs_before, rows_after - rows_before
-        figures = (
-            f"{result.requests_per_s:6.0f} req/s  p50 {result.p50_ms:5.1f} ms  "
-            f"p99 {result.p99_ms:5.1f} ms  server CPU {cpu_ms:4.2f} ms/req  "
-            f"{digits / max(runs, 1):4.1f} digits/run"
+        runs, rows = runs_after - runs_before, rows_after - rows_before
+        report.add(
+            load_section,
+            label,
+            f"{result.requests_per_s:,.0f}",
+            f"{result.p50_ms:.1f} ms",
+            f"{result.p99_ms:.1f} ms",
+            f"{cpu_ms:.2f} ms",
+            f"{rows / max(runs, 1):.1f}",
+            str(result.errors),
+            target,
         )
-        if result.errors:
-            figures += f"  ERRORS {result.errors}"
-        rows.append((label, figures, target))
-        print(f"{label}: {figures}", flush=True)
 
-    load_average = os.getloadavg()[0]
     with serve(env, workdir / "serve.log") as server:
         url = server.url
         candidate = httpx.post(f"{url}/model_info", json={}).json().get("candidate", "?")
+        report.note(load_section, f"Model `{tag}` ({candidate}), 2 workers unless stated.")
         for name in ("list", "b64"):
             load(
-                f"predict 1 digit ({name} body, {len(bodies[name])} B)",
+                f"`/predict`, 1 digit, {name} body ({len(bodies[name])} B)",
                 server,
                 "/predict",
                 workdir / f"{name}.json",
                 "application/json",
-                ">= 1000 req/s, p99 <= 100 ms",
+                "≥ 1,000 req/s, p99 ≤ 100 ms",
             )
         for name in ("10k_b64", "10k_list"):
             seconds, status = time_big_request(url, bodies[name])
-            figures = f"{seconds:7.3f} s (HTTP {status}, {len(bodies[name]) / 2**20:.1f} MiB body)"
-            rows.append((f"predict 10,000 digits ({name[4:]} body)", figures, "<= 0.5 s"))
-            print(f"{rows[-1][0]}: {figures}", flush=True)
+            report.row(
+                SECTION,
+                f"`/predict`, 10,000 digits in one request, {name[4:]} body "
+                f"({len(bodies[name]) / 2**20:.1f} MiB, HTTP {status}, median of 5)",
+                f"{seconds:.3f} s",
+                "≤ 0.5 s" if name == "10k_b64" else "",
+            )
         load(
-            "predict_image 200x200 PNG",
+            "`/predict_image`, 200x200 PNG",
             server,
             "/predict_image",
             workdir / "digit.png",
             "image/png",
-            ">= 300 req/s",
+            "≥ 300 req/s",
         )
     no_access_log = "services.MNISTClassifier.logging.access.enabled=false"
     variants = {
         "batching off": {"MNIST_MAX_BATCH": "1"},
         "access log off": {"BENTOML_CONFIG_OPTIONS": no_access_log},
-        "1 worker, 2 ONNX threads": {"MNIST_WORKERS": "1", "MNIST_ORT_THREADS": "2"},
+        "1 worker, 2 ONNX Runtime threads": {"MNIST_WORKERS": "1", "MNIST_ORT_THREADS": "2"},
     }
     for name, overrides in variants.items():
         with serve({**env, **overrides}, workdir / "serve_variant.log") as variant:
             load(
-                f"predict 1 digit (b64), {name}",
+                f"`/predict`, 1 digit, b64 body, {name}",
                 variant,
                 "/predict",
                 workdir / "b64.json",
                 "application/json",
                 "against the default above",
             )
-
-    width = max(len(label) for label, _, _ in rows)
-    print(
-        f"\nserving benchmark: model {tag} ({candidate}), {args.concurrency} connections, "
-        f"{args.duration} s per run, {os.cpu_count()} cores, "
-        f"load average {load_average:.1f} at start"
-    )
-    for label, figures, target in rows:
-        print(f"  {label:<{width}}  {figures}   [{target}]")
     shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.serving_bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model-tag", help="a model already in the store BENTOML_HOME points at")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per load run")
+    parser.add_argument("--concurrency", type=int, default=32)
+    args = parser.parse_args()
+    report = Report("Serving speed")
+    run_all(report, args.model_tag, args.duration, args.concurrency)
+    print(report.markdown())
 
 
 if __name__ == "__main__":

@@ -1,30 +1,25 @@
 """The shared entry point of every stage: argparse, clear errors, exit codes.
 
-A stage's ``main`` raises one of the expected errors (bad params, a corrupt file, an
-unreachable mirror); ``run`` prints it as ``<stage>: error: ...`` and exits 1, with
-no traceback. Anything else is a bug and keeps its traceback.
+A stage's ``main`` raises a ``StageError`` (bad params, a corrupt file, an unreachable
+mirror) or FileNotFoundError for a missing input; ``run`` prints it as
+``<stage>: error: ...`` and exits 1, with no traceback. Anything else is a bug and keeps
+its traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from pipeline.idx import IdxError
-from pipeline.params import ParamsError
+from pipeline.errors import StageError
 
-
-class StageError(RuntimeError):
-    """An expected failure of a stage, with a message a user can act on."""
-
-
-EXPECTED = (StageError, ParamsError, IdxError, FileNotFoundError)
+EXPECTED = (StageError, FileNotFoundError)
 
 
 def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog=f"python -m pipeline.{stage}",
+        prog=f"python -m pipeline.stages.{stage}",
         description=doc,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -41,7 +36,3 @@ def run(stage: str, main: Callable[[argparse.Namespace], None], args: argparse.N
     except KeyboardInterrupt:
         print(f"{stage}: interrupted; outputs left as they were", file=sys.stderr)
         sys.exit(130)
-
-
-def parse(p: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
-    return p.parse_args(argv)

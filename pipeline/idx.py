@@ -12,13 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import StageError
+
 # The third byte of the magic number is the element type (0x08 = uint8), the fourth
 # the number of dimensions. MNIST uses only these two.
 IMAGES_MAGIC = 0x00000803  # uint8, 3 dims: (N, rows, cols)
 LABELS_MAGIC = 0x00000801  # uint8, 1 dim: (N,)
 
 
-class IdxError(ValueError):
+class IdxError(StageError):
     """An idx file is truncated, oversized or has the wrong magic number."""
 
 

@@ -4,11 +4,11 @@ Each class calls the same fused kernel that ``torch.optim``'s ``fused=True`` pat
 (``torch._fused_sgd_``, ``torch._fused_adam_``, ``torch._fused_adamw_``), so the weights
 are bit for bit the same (tests/test_optim.py checks it against torch.optim). What they
 leave out is torch.optim's wrapping, which the small reference models notice:
-- creating any torch.optim optimiser imports ``torch._dynamo``: 1.4-2.4 s of every train
-  stage's start-up here;
-- each ``step()`` and ``zero_grad()`` adds 0.25-0.35 ms of bookkeeping (profiling hooks,
-  grouping tensors by device and dtype) to steps that take ~1 ms (R1: 10 epochs in
-  4.4 s instead of 6 s; R3 makes 66,680 steps).
+- creating any torch.optim optimiser imports ``torch._dynamo``, seconds of every train
+  stage's start-up;
+- each ``step()`` and ``zero_grad()`` adds bookkeeping (profiling hooks, grouping tensors
+  by device and dtype) of the order of a small MLP's whole step, and R3 makes tens of
+  thousands of steps.
 They hold one learning rate and no schedule; train.py uses torch.optim when a candidate
 has a schedule (the CNNs, whose steps are long).
 """
@@ -45,17 +45,32 @@ class SGD(_Fused):
         first = self.momentum and self.buffers is None
         if first:  # the kernel fills them from the first gradients
             self.buffers = [torch.empty_like(p) for p in self.params]
-        torch._fused_sgd_(self.params, self.grads(), self.buffers if self.momentum else [],
-                          weight_decay=self.weight_decay, momentum=self.momentum, lr=self.lr,
-                          dampening=0.0, nesterov=False, maximize=False,
-                          is_first_step=bool(first))
+        torch._fused_sgd_(
+            self.params,
+            self.grads(),
+            self.buffers if self.momentum else [],
+            weight_decay=self.weight_decay,
+            momentum=self.momentum,
+            lr=self.lr,
+            dampening=0.0,
+            nesterov=False,
+            maximize=False,
+            is_first_step=bool(first),
+        )
 
 
 class Adam(_Fused):
     """torch.optim.Adam(..., fused=True), or AdamW with ``decoupled=True``."""
 
-    def __init__(self, params, lr: float, weight_decay: float = 0.0, decoupled: bool = False,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
+    def __init__(
+        self,
+        params,
+        lr: float,
+        weight_decay: float = 0.0,
+        decoupled: bool = False,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ):
         super().__init__(params)
         self.lr, self.weight_decay, self.betas, self.eps = lr, weight_decay, betas, eps
         self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
@@ -66,7 +81,20 @@ class Adam(_Fused):
     @torch.no_grad()
     def step(self) -> None:
         torch._foreach_add_(self.steps, 1)
-        self.kernel(self.params, self.grads(), self.exp_avg, self.exp_avg_sq, [], self.steps,
-                    amsgrad=False, lr=self.lr, beta1=self.betas[0], beta2=self.betas[1],
-                    weight_decay=self.weight_decay, eps=self.eps, maximize=False,
-                    grad_scale=None, found_inf=None)
+        self.kernel(
+            self.params,
+            self.grads(),
+            self.exp_avg,
+            self.exp_avg_sq,
+            [],
+            self.steps,
+            amsgrad=False,
+            lr=self.lr,
+            beta1=self.betas[0],
+            beta2=self.betas[1],
+            weight_decay=self.weight_decay,
+            eps=self.eps,
+            maximize=False,
+            grad_scale=None,
+            found_inf=None,
+        )

@@ -1,24 +1,34 @@
 """Typed, validated params: one pydantic model per section of params.yaml.
 
 In: params.yaml (path from the command line). Out: a frozen model of one section.
-An unknown key, a wrong type or an out-of-range value raises ParamsError naming the
-key (``train.candidates.mlp128.lr``) before a stage touches any output.
+An unknown key, a wrong type, a missing key or an out-of-range value raises ParamsError
+naming the key (``train.candidates.mlp128.lr``) before a stage touches any output.
+
+Every key that params.yaml carries is required here: the file is the one place values
+live, so no default in code can disagree with it. Defaults remain only for a candidate's
+optional features, and each means "off" (no momentum, no augmentation, one member).
+
+A candidate is a union discriminated by ``arch``: each architecture has exactly its own
+fields, so an MLP has no ``channels`` and a logistic regression no ``lr``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from pipeline.errors import StageError
 
 PosInt = Annotated[int, Field(gt=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 Seed = Annotated[int, Field(ge=0, lt=2**32)]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
-class ParamsError(ValueError):
+class ParamsError(StageError):
     """params.yaml is missing, unreadable or has a bad value; the message names the key."""
 
 
@@ -27,22 +37,23 @@ class Section(BaseModel):
 
 
 class FetchParams(Section):
-    mirrors: list[str] = Field(min_length=1)
-    timeout_s: PosFloat = 30.0
-    retries: Annotated[int, Field(ge=0, le=10)] = 1
+    mirrors: list[str] = Field(min_length=1)  # tried in order, after $MNIST_MIRROR
+    timeout_s: PosFloat
+    retries: Annotated[int, Field(ge=0, le=10)]
 
 
 class SplitParams(Section):
-    val_size: PosInt = 10_000
-    # Stratified subset of the training split for quick runs; null keeps all of it.
-    train_limit: PosInt | None = None
-    # Stratified subset of the test split (quick runs only); null keeps all 10,000.
-    test_limit: PosInt | None = None
-    seed: Seed = 0
+    val_size: PosInt
+    train_limit: PosInt | None  # a stratified subset of the training split; null = all
+    test_limit: PosInt | None  # a stratified subset of the test split; null = all 10,000
+    seed: Seed
 
 
 class NormaliseParams(Section):
-    standardise: bool = True
+    standardise: bool
+
+
+# ---- candidates: one model per architecture --------------------------------------------
 
 
 class Augment(Section):
@@ -52,69 +63,141 @@ class Augment(Section):
     max_rotate: Annotated[float, Field(ge=0, le=45)] = 0.0  # degrees
     max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # 0.1 = scale in [0.9, 1.1]
 
-
-BATCH_NORM_ARCHS = {"cnn_fast", "cnn_best"}
+    @property
+    def enabled(self) -> bool:
+        return any((self.max_shift, self.max_rotate, self.max_scale))
 
 
 class Candidate(Section):
-    """One model to train: architecture plus its optimiser and schedule."""
+    """What every candidate has."""
 
-    arch: Literal["mlp", "cnn_numpy", "cnn_fast", "cnn_best", "logreg"]
-    description: str = ""
-    # mlp only: hidden layer sizes and their activation.
-    hidden: list[PosInt] = []
-    activation: Literal["relu", "tanh", "sigmoid", "softmax"] = "relu"
-    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    # cnn_fast, cnn_best: the widths of their three convolution stages.
-    channels: Annotated[list[PosInt], Field(min_length=3, max_length=3)] = [16, 32, 64]
-    # cnn_fast, cnn_best: "pool": the first 5x5 convolution runs at 28x28 and is max-pooled
-    # to 14x14; "stride": it runs at stride 2 straight to 14x14, a quarter of the work.
-    first_layer: Literal["pool", "stride"] = "pool"
+    description: str
+    # Use only the first N (stratified, seeded) images of the train split; null = all.
+    train_size: PosInt | None = None
+
+    @property
+    def is_torch(self) -> bool:
+        return isinstance(self, TorchCandidate)
+
+    @property
+    def is_cnn(self) -> bool:
+        return isinstance(self, (Conv1Dense, Conv3Linear, Conv3Dense))
+
+
+class TorchCandidate(Candidate):
+    """A network trained by mini-batch gradient descent."""
+
+    optimizer: Literal["sgd", "adam", "adamw"]
+    lr: PosFloat
+    epochs: PosInt
+    batch_size: PosInt
+    momentum: Fraction = 0.0  # sgd only
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    schedule: Literal["constant", "onecycle", "cosine"] = "constant"
+    label_smoothing: Fraction = 0.0
     # Initial weights: torch's defaults, or Keras's (Glorot-uniform weights, zero biases)
     # for the write-ups that used Keras.
     init: Literal["torch", "glorot"] = "torch"
-    optimizer: Literal["sgd", "adam", "adamw"] = "adam"
-    lr: PosFloat = 1e-3
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    weight_decay: Annotated[float, Field(ge=0)] = 0.0
-    schedule: Literal["constant", "onecycle", "cosine"] = "constant"
-    label_smoothing: Annotated[float, Field(ge=0, lt=1)] = 0.0
-    epochs: PosInt = 10
-    batch_size: PosInt = 32
-    # Forward and backward each batch in parts of at most this many images: the same
-    # update, but each part's activations stay in cache. Not with batch norm, whose
-    # statistics would then come from the parts. null = the whole batch at once.
-    micro_batch: PosInt | None = None
-    # Use only the first N (stratified, seeded) images of the train split; null = all.
-    train_size: PosInt | None = None
     augment: Augment = Augment()
-    # Torch models: train this many copies of the network side by side, each from its own
-    # initial weights, on the same batches; predict with their averaged probabilities.
+    # Train this many copies of the network side by side, each from its own initial
+    # weights, on the same batches; predict with their averaged probabilities.
     members: Annotated[int, Field(ge=1, le=8)] = 1
-    # Test-time augmentation: average predictions over this many shifted copies.
+    # Test-time augmentation: average predictions over this many one-pixel shifts too.
     tta: Annotated[int, Field(ge=0, le=8)] = 0
-    # logreg only: inverse regularisation strength and iteration cap.
-    C: PosFloat = 1.0
-    max_iter: PosInt = 100
 
-    @model_validator(mode="after")
-    def _mlp_needs_hidden(self) -> Candidate:
-        if self.arch == "mlp" and not self.hidden:
-            raise ValueError("arch 'mlp' needs a non-empty 'hidden' list of layer sizes")
-        if self.members > 1 and self.arch == "logreg":
-            raise ValueError("members: a logreg candidate is one scikit-learn model; leave it 1")
-        if self.micro_batch and self.arch in BATCH_NORM_ARCHS:
-            raise ValueError(f"micro_batch: arch {self.arch!r} uses batch norm, whose "
-                             "statistics would come from the parts; leave it null")
-        return self
+
+class Mlp(TorchCandidate):
+    """Fully connected layers: 784 -> hidden... -> 10."""
+
+    arch: Literal["mlp"]
+    hidden: list[PosInt] = Field(min_length=1)
+    activation: Literal["relu", "tanh", "sigmoid", "softmax"]
+    dropout: Fraction = 0.0
+    # Forward and backward each batch in parts of at most this many images: the same
+    # update, with each part's activations in cache. null = the whole batch at once.
+    micro_batch: PosInt | None = None
+
+
+class Conv1Dense(TorchCandidate):
+    """R2's network: one 3x3 convolution of 28 maps, max-pool, a dense layer of 128."""
+
+    arch: Literal["conv1_dense"]
+    micro_batch: PosInt | None = None  # as for Mlp; there is no batch norm to disturb
+
+
+class Conv3(TorchCandidate):
+    """Three convolution stages with batch norm (no micro_batch: batch norm's statistics
+    must come from the whole batch)."""
+
+    channels: Annotated[list[PosInt], Field(min_length=3, max_length=3)]  # widths w1-w2-w3
+    # "pool": the first 5x5 convolution runs at 28x28 and is max-pooled to 14x14;
+    # "stride": it runs at stride 2 straight to 14x14, a quarter of the work.
+    first_layer: Literal["pool", "stride"]
+    dropout: Fraction = 0.0
+
+
+class Conv3Linear(Conv3):
+    """The three stages, then one linear layer to the 10 classes."""
+
+    arch: Literal["conv3_linear"]
+
+
+class Conv3Dense(Conv3):
+    """The three stages, then a dense layer of 128 and the linear layer."""
+
+    arch: Literal["conv3_dense"]
+
+
+class LogReg(Candidate):
+    """scikit-learn's multinomial logistic regression."""
+
+    arch: Literal["logreg"]
+    C: PosFloat  # inverse regularisation strength
+    max_iter: PosInt
+
+
+AnyCandidate = Annotated[
+    Mlp | Conv1Dense | Conv3Linear | Conv3Dense | LogReg, Field(discriminator="arch")
+]
+BY_ARCH: dict[str, type[Candidate]] = {
+    "mlp": Mlp,
+    "conv1_dense": Conv1Dense,
+    "conv3_linear": Conv3Linear,
+    "conv3_dense": Conv3Dense,
+    "logreg": LogReg,
+}
+
+# The architectures' names before they were named for what they are: MLflow runs and
+# registry versions logged earlier carry these in their candidate.json and tags.
+LEGACY_ARCHS = {"cnn_numpy": "conv1_dense", "cnn_fast": "conv3_linear", "cnn_best": "conv3_dense"}
+
+
+def candidate_from_logged(logged: dict[str, Any]) -> TorchCandidate | LogReg:
+    """A candidate from the candidate.json a train stage logged to MLflow, including those
+    logged before each architecture had its own model (one flat model whose dump carried
+    every architecture's fields): old arch names are mapped, and fields that the
+    architecture does not have are dropped."""
+    arch = LEGACY_ARCHS.get(logged.get("arch"), logged.get("arch"))
+    if arch not in BY_ARCH:
+        raise ParamsError(f"logged candidate has an unknown arch {logged.get('arch')!r}")
+    model = BY_ARCH[arch]
+    fields = {k: v for k, v in logged.items() if k in model.model_fields}
+    return model.model_validate({**fields, "arch": arch}, strict=False)
 
 
 class TrainParams(Section):
-    # Which candidates `dvc repro` trains; each must be a key of `candidates`.
-    enabled: list[str] = Field(min_length=1)
-    seed: Seed = 0
-    threads: Annotated[int, Field(ge=0, le=256)] = 0  # 0 = auto (see train.set_threads)
-    candidates: dict[str, Candidate] = Field(min_length=1)
+    enabled: list[str] = Field(min_length=1)  # which candidates `dvc repro` trains
+    seed: Seed
+    # Torch intra-op threads; 0 = 1 for the dense models, every core for the CNNs.
+    threads: Annotated[int, Field(ge=0, le=256)]
+    candidates: dict[str, AnyCandidate] = Field(min_length=1)
+
+    def candidate(self, name: str) -> TorchCandidate | LogReg:
+        if name not in self.candidates:
+            raise ParamsError(
+                f"train.candidates: no candidate named {name!r}; known: {sorted(self.candidates)}"
+            )
+        return self.candidates[name]
 
     @model_validator(mode="after")
     def _enabled_exist(self) -> TrainParams:
@@ -127,22 +210,21 @@ class TrainParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: PosInt = 256
-    grid_size: Annotated[int, Field(ge=1, le=400)] = 64  # digits in each image grid
+    batch_size: PosInt
+    grid_size: Annotated[int, Field(ge=1, le=400)]  # digits in each image grid
 
 
 class MlflowParams(Section):
     experiment: str = Field(min_length=1)
-    # Relative to the project root unless MLFLOW_TRACKING_URI is set.
-    store: str = "mlflow.db"
+    store: str = Field(min_length=1)  # relative to the project root; MLFLOW_TRACKING_URI wins
 
 
 class PromoteParams(Section):
     registered_model: str = Field(min_length=1)
-    min_improvement: Annotated[float, Field(ge=0, le=1)] = 0.0
+    min_improvement: Annotated[float, Field(ge=0, le=1)]
     # The serving budget: only candidates of at most this many multiply-adds an image may
     # become champion; null = any.
-    max_multiply_adds: PosInt | None = None
+    max_multiply_adds: PosInt | None
 
 
 S = TypeVar("S", bound=Section)
@@ -161,7 +243,7 @@ def load_yaml(path: Path) -> dict:
 
 
 def load_section(path: Path, section: str, model: type[S]) -> S:
-    """Validate one section of params.yaml; raise ParamsError naming the first bad key."""
+    """Validate one section of params.yaml; raise ParamsError naming every bad key."""
     data = load_yaml(path)
     if section not in data:
         raise ParamsError(f"{path}: missing section '{section}'")
@@ -171,14 +253,34 @@ def load_section(path: Path, section: str, model: type[S]) -> S:
         raise ParamsError(format_errors(path, section, error)) from None
 
 
+def validate_candidate(data: dict[str, Any]) -> TorchCandidate | LogReg:
+    """One candidate's settings (as in params.yaml) into its architecture's model."""
+    return TypeAdapter(AnyCandidate).validate_python(data)
+
+
 def format_errors(path: Path, section: str, error: ValidationError) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join([section, *(str(part) for part in item["loc"])])
+        loc, arch = _without_tag(item["loc"])
+        key = ".".join([section, *loc])
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "unknown key (typo?)"
+            message = f"unknown key for arch {arch!r} (typo?)" if arch else "unknown key (typo?)"
+        elif item["type"] == "union_tag_invalid":
+            message = f"arch must be one of {', '.join(BY_ARCH)}"
+        elif item["type"] == "union_tag_not_found":
+            message = f"needs an 'arch': one of {', '.join(BY_ARCH)}"
         got = item.get("input")
-        suffix = "" if item["type"] in ("missing", "extra_forbidden") else f" (got {got!r})"
+        quiet = item["type"] in ("missing", "extra_forbidden", "union_tag_not_found")
+        suffix = "" if quiet or isinstance(got, dict) else f" (got {got!r})"
         lines.append(f"{path}: {key}: {message}{suffix}")
     return "\n".join(lines)
+
+
+def _without_tag(loc: tuple) -> tuple[list[str], str | None]:
+    """pydantic puts a union's tag in the location (candidates, mlp128, mlp, lr): return
+    the location without it (candidates, mlp128, lr) and the tag."""
+    parts = [str(part) for part in loc]
+    if len(parts) > 2 and parts[0] == "candidates" and parts[2] in BY_ARCH:
+        return parts[:2] + parts[3:], parts[2]
+    return parts, None

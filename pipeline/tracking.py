@@ -1,4 +1,4 @@
-"""MLflow and lineage helpers shared by train, evaluate and promote.
+"""MLflow and lineage helpers shared by train, evaluate, promote and package.
 
 The default store is a SQLite file at the project root, resolved to an absolute path
 so that ``dvc exp run`` (which may run in a copy under ``.dvc/tmp/exps``) logs into the
@@ -49,9 +49,12 @@ def setup(params: MlflowParams) -> str:
 
 def git_commit(cwd: Path = PACKAGE_ROOT) -> str:
     """HEAD's commit, with ``-dirty`` if tracked files differ; ``unknown`` outside git."""
+
     def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
         commit = git("rev-parse", "HEAD")
         dirty = git("status", "--porcelain", "--untracked-files=no")
@@ -73,3 +76,41 @@ def lineage_tags(files: dict[str, Path]) -> dict[str, str]:
     tags = {"git_commit": git_commit()}
     tags.update({f"data_sha256.{name}": sha256_file(path) for name, path in files.items()})
     return tags
+
+
+def requirements(*packages: str) -> list[str]:
+    """Pinned pip requirements of a logged model; given explicitly, MLflow does not infer
+    them (which imports and traces the model)."""
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name).split('+')[0]}" for name in packages]
+
+
+def log_model(predictor, clf=None) -> None:
+    """Log the model as ``model``, pickle-free: torch.export (pt2) of the Predictor for a
+    torch network, skops for a scikit-learn ``clf``."""
+    import mlflow
+    import torch
+    from mlflow.models import infer_signature
+
+    example = torch.zeros(2, 1, 28, 28)  # (B, 1, 28, 28) pixels in [0, 1]
+    if clf is not None:
+        flat = example.flatten(1).numpy()
+        mlflow.sklearn.log_model(
+            clf,
+            name="model",
+            serialization_format="skops",
+            signature=infer_signature(flat, clf.predict_proba(flat)),
+            input_example=flat,
+            pip_requirements=requirements("scikit-learn", "skops", "numpy"),
+        )
+        return
+    signature = infer_signature(example.numpy(), predictor(example).detach().numpy())
+    mlflow.pytorch.log_model(
+        predictor,
+        name="model",
+        serialization_format="pt2",
+        signature=signature,
+        input_example=example.numpy(),
+        pip_requirements=requirements("torch", "numpy"),
+    )

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Annotated, Any
 
 import bentoml
 import numpy as np
-import onnxruntime as ort
 import prometheus_client
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
@@ -44,17 +41,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving import preprocess, ui
 from serving.batching import MicroBatcher
-from serving.contract import (
-    IMAGE_SIDE,
-    INFO_FILE,
-    INPUT_NAME,
-    MODEL_FILE,
-    MODEL_NAME,
-    NUM_CLASSES,
-    OUTPUT_NAME,
-)
+from serving.contract import IMAGE_SIDE, MODEL_NAME
 from serving.guard import RequestGuard
 from serving.preprocess import BadInput, PixelDtype
+from serving.runner import Runner
 
 MODEL_TAG = os.environ.get("MNIST_MODEL_TAG", f"{MODEL_NAME}:latest")
 ORT_THREADS = int(os.environ.get("MNIST_ORT_THREADS", "1"))
@@ -84,37 +74,6 @@ class ImagePrediction(BaseModel):
     )
 
 
-def make_session(model_path: Path) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session sized for small requests on a 2-core machine."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = ORT_THREADS  # parallelism comes from workers and batching
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "0"
-    )  # no busy-wait on shared cores
-    return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
-
-
-def check_contract(session: ort.InferenceSession) -> None:
-    """Fail at startup, not on the first request, if the ONNX graph is not what we expect."""
-    inputs, outputs = session.get_inputs(), session.get_outputs()
-    found = (
-        [(i.name, i.type, i.shape[1:]) for i in inputs],
-        [(o.name, o.type, o.shape[1:]) for o in outputs],
-    )
-    expected = (
-        [(INPUT_NAME, "tensor(float)", [1, IMAGE_SIDE, IMAGE_SIDE])],
-        [(OUTPUT_NAME, "tensor(float)", [NUM_CLASSES])],
-    )
-    if found != expected:
-        raise RuntimeError(f"{MODEL_FILE} has inputs/outputs {found}, expected {expected}")
-    if isinstance(inputs[0].shape[0], int):
-        raise RuntimeError(
-            f"{MODEL_FILE} has a fixed batch size {inputs[0].shape[0]}; export it dynamic"
-        )
-
-
 def rejected(api: str, error: BadInput) -> ValidationError:
     """A BadInput as the ValidationError BentoML turns into a 400 with a JSON body."""
     detail = InitErrorDetails(
@@ -126,8 +85,8 @@ def rejected(api: str, error: BadInput) -> ValidationError:
 
 
 # Tracing is off by default (sample_rate 0), yet BentoML's OpenTelemetry middleware still
-# cost 40% of a single-digit request's CPU here (1.6 -> 1.0 ms). Skip it for our routes;
-# to trace them, set tracing.sample_rate and override tracing.excluded_urls in the config.
+# costs a large share of a small request's CPU (docs/performance.md). Skip it for our
+# routes; to trace them, set tracing.sample_rate and override tracing.excluded_urls.
 UNTRACED_ROUTES = [
     "/predict",
     "/model_info",
@@ -149,33 +108,14 @@ class MNISTClassifier:
     model = BentoModel(MODEL_TAG)  # a class attribute, so `bentoml build` packs the model
 
     def __init__(self) -> None:
-        folder = Path(self.model.path)
-        self.info: dict[str, Any] = json.loads((folder / INFO_FILE).read_text())
-        self.session = make_session(folder / MODEL_FILE)
-        check_contract(self.session)
-        # One request of thousands of digits would otherwise run on one core while the
-        # other worker idles: such runs are split into a part per core, run side by side
-        # (ONNX Runtime releases the GIL). For 10,000 digits of a 2.25M-multiply-add CNN:
-        # 0.59 s on one thread, 0.40 s as one run with 2 intra-op threads, 0.31 s as 2 parts.
-        self.bulk_parts = os.cpu_count() or 1
-        self.bulk_pool = ThreadPoolExecutor(self.bulk_parts, thread_name_prefix="bulk")
-        self.run(np.zeros((1, 1, IMAGE_SIDE, IMAGE_SIDE), np.float32))  # warm up before /readyz
-        self.batcher = MicroBatcher(self.run, max_batch=MAX_BATCH, on_batch=BATCH_ROWS.observe)
-        # Everything loaded so far (BentoML, pydantic, ONNX Runtime: ~90,000 objects) lives
-        # as long as the worker. Each full garbage collection walked all of it, a 40 ms
-        # pause of the event loop that every request in flight waited out: p99 of 120-155 ms
-        # for one digit under 32 clients. Frozen, collections skip it: p99 26-70 ms.
+        self.runner = Runner(Path(self.model.path), threads=ORT_THREADS, bulk_rows=BULK_ROWS)
+        self.batcher = MicroBatcher(
+            self.runner.run, max_batch=MAX_BATCH, on_batch=BATCH_ROWS.observe
+        )
+        # Everything loaded so far (BentoML, pydantic, ONNX Runtime) lives as long as the
+        # worker. A full garbage collection would walk all of it, pausing the event loop
+        # for every request in flight; frozen, collections skip it.
         gc.freeze()
-
-    def run(self, images: np.ndarray) -> np.ndarray:
-        """(N, 1, 28, 28) float32 in [0, 1] -> (N, 10) float32 probabilities."""
-        if len(images) < BULK_ROWS:
-            return self.run_part(images)
-        parts = np.array_split(images, self.bulk_parts)
-        return np.concatenate(list(self.bulk_pool.map(self.run_part, parts)))
-
-    def run_part(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
     @bentoml.api
     async def predict(
@@ -235,7 +175,7 @@ class MNISTClassifier:
     async def model_info(self) -> dict[str, Any]:
         """The model's info.json (registry version, alias, metrics, git commit...)."""
         return {
-            **self.info,
+            **self.runner.info,
             "bentoml_tag": str(self.model.tag),
             "limits": {
                 "max_body_bytes": MAX_BODY_BYTES,

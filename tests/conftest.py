@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import os
 import shutil
 import subprocess
@@ -12,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from tests.support import mnist as mnist_files
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,25 +27,18 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 
 
-def mirror_folder() -> Path:
-    folder = Path(os.environ.get("MNIST_MIRROR") or ROOT.parent / "shared" / "mnist")
-    if not (folder / "train-images-idx3-ubyte.gz").is_file():
-        pytest.fail(f"the tests need the offline MNIST mirror; none at {folder} "
-                    "(set MNIST_MIRROR to a folder with the four .gz files)")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def mirror() -> Path:
-    return mirror_folder()
+    try:
+        return mnist_files.mirror()
+    except FileNotFoundError as error:
+        pytest.fail(f"the tests need the offline MNIST mirror: {error}")
 
 
 @pytest.fixture(scope="session")
 def raw_bytes(mirror) -> dict[str, bytes]:
     """The four decompressed idx files, read once per session."""
-    names = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-    return {n: gzip.decompress((mirror / f"{n}.gz").read_bytes()) for n in names}
+    return mnist_files.raw_bytes(mirror)
 
 
 @pytest.fixture(scope="session")
@@ -58,8 +52,12 @@ def mnist(raw_bytes):
     def labels(n):
         return parse_idx(raw_bytes[n], expected_magic=LABELS_MAGIC)
 
-    return (images("train-images-idx3-ubyte"), labels("train-labels-idx1-ubyte"),
-            images("t10k-images-idx3-ubyte"), labels("t10k-labels-idx1-ubyte"))
+    return (
+        images("train-images-idx3-ubyte"),
+        labels("train-labels-idx1-ubyte"),
+        images("t10k-images-idx3-ubyte"),
+        labels("t10k-labels-idx1-ubyte"),
+    )
 
 
 @pytest.fixture
@@ -69,8 +67,15 @@ def rng():
 
 # ---- a real copy of the project, for end-to-end and browser tests -------------------
 
-PROJECT_FILES = ["pipeline", "serving", "dvc.yaml", "params.yaml", ".dvc/config", ".dvcignore",
-                 ".gitignore"]
+PROJECT_FILES = [
+    "pipeline",
+    "serving",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
 ENABLED = ["mlp128", "cnn_fast"]
 
 
@@ -91,17 +96,22 @@ class Project:
         self.repro_result = None
 
     def run(self, *args: str, check: bool = True, env: dict | None = None):
-        result = subprocess.run(args, cwd=self.path, env=env or self.env, capture_output=True,
-                                text=True, timeout=1200)
+        result = subprocess.run(
+            args, cwd=self.path, env=env or self.env, capture_output=True, text=True, timeout=1200
+        )
         if check and result.returncode != 0:
-            pytest.fail(f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n"
-                        f"{result.stderr}")
+            pytest.fail(
+                f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
         return result
 
     @staticmethod
     def stages_run(result) -> list[str]:
-        return [line.split("'")[1] for line in result.stdout.splitlines()
-                if line.startswith("Running stage")]
+        return [
+            line.split("'")[1]
+            for line in result.stdout.splitlines()
+            if line.startswith("Running stage")
+        ]
 
     def params(self) -> dict:
         return yaml.safe_load((self.path / "params.yaml").read_text())
@@ -118,8 +128,12 @@ def new_project(path: Path, mirror: Path) -> Project:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-           "MNIST_MIRROR": str(mirror), "BENTOML_HOME": str(path / ".bentoml-home")}
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MNIST_MIRROR": str(mirror),
+        "BENTOML_HOME": str(path / ".bentoml-home"),
+    }
     # Set by other test modules' fixtures; a user's shell has neither.
     for name in ("MLFLOW_TRACKING_URI", "MNIST_MODEL_TAG", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)

@@ -7,10 +7,11 @@ import shutil
 
 import pytest
 
-from serving.launch import bentoml_serve
 from tests.conftest import ENABLED, new_project
+from tests.support.serve import bentoml_serve
 
 pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def corrupt_fetch(tmp_path_factory, mirror):
@@ -25,8 +26,9 @@ def corrupt_fetch(tmp_path_factory, mirror):
     params = project.params()
     params["fetch"].update(mirrors=["http://127.0.0.1:9/"], timeout_s=2, retries=0)
     project.write_params(params)
-    result = project.run("dvc", "repro", "fetch", check=False,
-                         env={**project.env, "MNIST_MIRROR": str(bad)})
+    result = project.run(
+        "dvc", "repro", "fetch", check=False, env={**project.env, "MNIST_MIRROR": str(bad)}
+    )
     result.project = project
     return result
 
@@ -58,8 +60,9 @@ def test_repro_produces_outputs_and_clean_status(project, first_repro):
     for name in ENABLED:
         for f in ("weights.safetensors", "history.csv", "metrics.json", "run.json"):
             assert (project.path / "models" / name / f).is_file()
-        metrics = json.loads((project.path / "reports/candidates" / name / "metrics.json")
-                             .read_text())
+        metrics = json.loads(
+            (project.path / "reports/candidates" / name / "metrics.json").read_text()
+        )
         assert metrics["n_test"] == 1000 and metrics["test_accuracy"] > 0.6
         assert (project.path / "reports/candidates" / name / "confusion.png").stat().st_size > 0
     summary = json.loads((project.path / "reports/summary/summary.json").read_text())
@@ -95,16 +98,21 @@ def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repr
 
     bento = json.loads((project.path / "reports/package/bento.json").read_text())
     candidate = bento["candidate"]
-    with bentoml_serve(bento["bento"], env=project.env, cwd=project.path,
-                       log_path=project.path / "serve.log") as served:
+    with bentoml_serve(
+        bento["bento"], env=project.env, cwd=project.path, log_path=project.path / "serve.log"
+    ) as served:
         url = served.url
         with np.load(project.path / "data/split/test.npz", allow_pickle=False) as test:
             images = test["images"][:300]
-        with np.load(project.path / f"reports/candidates/{candidate}/predictions.npz",
-                     allow_pickle=False) as reference:
+        with np.load(
+            project.path / f"reports/candidates/{candidate}/predictions.npz", allow_pickle=False
+        ) as reference:
             labels, probs = reference["labels"][:300], reference["probabilities"][:300]
-        response = httpx.post(f"{url}/predict", timeout=60,
-                              json={"images": images.reshape(300, -1).tolist(), "dtype": "uint8"})
+        response = httpx.post(
+            f"{url}/predict",
+            timeout=60,
+            json={"images": images.reshape(300, -1).tolist(), "dtype": "uint8"},
+        )
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["labels"] == labels.tolist()
@@ -147,8 +155,13 @@ def test_changing_one_candidates_lr_reruns_only_its_train_and_evaluate(project, 
     project.write_params(params)
     result = project.run("dvc", "repro")
     assert project.stages_run(result)[:3] == ["train@mlp128", "evaluate@mlp128", "summarize"]
-    assert set(project.stages_run(result)) <= {"train@mlp128", "evaluate@mlp128", "summarize",
-                                                "promote", "package"}
+    assert set(project.stages_run(result)) <= {
+        "train@mlp128",
+        "evaluate@mlp128",
+        "summarize",
+        "promote",
+        "package",
+    }
 
 
 def test_dvc_exp_run_and_show(project, first_repro):

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from pipeline import fetch
 from pipeline.params import FetchParams
+from pipeline.stages import fetch
 from tests.conftest import ROOT
 
 NAMES = list(fetch.FILES)
@@ -25,8 +25,9 @@ def params():
     return FetchParams(mirrors=[closed_port_url()], timeout_s=2, retries=0)
 
 
-def test_fetch_from_local_mirror_verifies_and_writes(mirror, params, tmp_path, monkeypatch,
-                                                     raw_bytes):
+def test_fetch_from_local_mirror_verifies_and_writes(
+    mirror, params, tmp_path, monkeypatch, raw_bytes
+):
     monkeypatch.setenv(fetch.MIRROR_ENV, str(mirror))
     fetch.fetch_all(params, tmp_path / "raw")
     assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == sorted(NAMES)
@@ -52,8 +53,9 @@ def corrupt_mirror(mirror, tmp_path):
     return bad
 
 
-def test_checksum_mismatch_names_file_mirror_and_hashes(corrupt_mirror, params, tmp_path,
-                                                        monkeypatch):
+def test_checksum_mismatch_names_file_mirror_and_hashes(
+    corrupt_mirror, params, tmp_path, monkeypatch
+):
     monkeypatch.setenv(fetch.MIRROR_ENV, str(corrupt_mirror))
     out = tmp_path / "raw"
     with pytest.raises(fetch.FetchError) as error:
@@ -73,7 +75,7 @@ def test_truncated_gzip_is_reported(mirror, params, tmp_path, monkeypatch):
     data = (bad / "train-labels-idx1-ubyte.gz").read_bytes()
     (bad / "train-labels-idx1-ubyte.gz").write_bytes(data[: len(data) // 2])
     monkeypatch.setenv(fetch.MIRROR_ENV, str(bad))
-    with pytest.raises(fetch.FetchError, match="(?s)train-labels-idx1-ubyte.*corrupt gzip"):
+    with pytest.raises(fetch.FetchError, match=r"(?s)train-labels-idx1-ubyte.*corrupt gzip"):
         fetch.fetch_file("train-labels-idx1-ubyte", params)
 
 
@@ -88,9 +90,12 @@ def test_cli_exits_1_with_message_and_no_output(corrupt_mirror, tmp_path):
     params.write_text(f"fetch:\n  mirrors: ['{closed_port_url()}']\n  timeout_s: 2\n  retries: 0\n")
     out = tmp_path / "raw"
     result = subprocess.run(
-        [sys.executable, "-m", "pipeline.fetch", "--params", str(params), "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True,
-        env={"PATH": "/usr/bin:/bin", fetch.MIRROR_ENV: str(corrupt_mirror)})
+        [sys.executable, "-m", "pipeline.stages.fetch", "--params", str(params), "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", fetch.MIRROR_ENV: str(corrupt_mirror)},
+    )
     assert result.returncode == 1
     assert result.stderr.count("Traceback") == 0
     assert "fetch: error: could not fetch t10k-labels-idx1-ubyte" in result.stderr

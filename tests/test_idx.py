@@ -13,10 +13,12 @@ def idx_bytes(array: np.ndarray, magic: int) -> bytes:
 def test_round_trip_images_and_labels(rng):
     images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 5, dtype=np.uint8)
-    np.testing.assert_array_equal(parse_idx(idx_bytes(images, IMAGES_MAGIC),
-                                            expected_magic=IMAGES_MAGIC), images)
-    np.testing.assert_array_equal(parse_idx(idx_bytes(labels, LABELS_MAGIC),
-                                            expected_magic=LABELS_MAGIC), labels)
+    np.testing.assert_array_equal(
+        parse_idx(idx_bytes(images, IMAGES_MAGIC), expected_magic=IMAGES_MAGIC), images
+    )
+    np.testing.assert_array_equal(
+        parse_idx(idx_bytes(labels, LABELS_MAGIC), expected_magic=LABELS_MAGIC), labels
+    )
 
 
 def test_truncated_file_names_sizes(rng):
@@ -52,7 +54,16 @@ def test_images_must_be_28x28(tmp_path):
 def test_real_mnist_shapes_and_label_counts(mnist):
     train_x, train_y, test_x, test_y = mnist
     assert train_x.shape == (60_000, 28, 28) and test_x.shape == (10_000, 28, 28)
-    assert np.bincount(train_y).tolist() == [5923, 6742, 5958, 6131, 5842, 5421, 5918,
-                                             6265, 5851, 5949]
-    assert np.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028,
-                                            974, 1009]
+    assert np.bincount(train_y).tolist() == [
+        5923,
+        6742,
+        5958,
+        6131,
+        5842,
+        5421,
+        5918,
+        6265,
+        5851,
+        5949,
+    ]
+    assert np.bincount(test_y).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

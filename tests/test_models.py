@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline import models, train
+from pipeline import export, inference, models, training
 from pipeline.params import TrainParams, load_section
 from tests.conftest import ROOT
 
@@ -11,7 +11,7 @@ CANDIDATES = PARAMS.candidates
 
 EXPECTED_PARAMETERS = {
     "mlp_tanh16": 784 * 16 + 16 + 16 * 16 + 16 + 16 * 10 + 10,  # R1: 13,002
-    "cnn_numpy": 28 * 9 + 28 + 4732 * 128 + 128 + 128 * 10 + 10,  # R2: 607,394
+    "cnn_r2": 28 * 9 + 28 + 4732 * 128 + 128 + 128 * 10 + 10,  # R2: 607,394
     "mlp_wide_softmax": 784 * 784 + 784 + 784 * 10 + 10,  # R3: 623,290
     "mlp128": 101_770,  # R4, as published
     "mlp_sigmoid": 784 * 30 + 30 + 30 * 10 + 10,  # R5 (hidden 30): 23,860
@@ -21,7 +21,7 @@ EXPECTED_PARAMETERS = {
 
 @pytest.mark.parametrize("name", sorted(CANDIDATES))
 def test_output_shape_and_parameter_count(name):
-    net = train.build_net(CANDIDATES[name])
+    net = models.build(CANDIDATES[name])
     out = net(torch.zeros(3, 1, 28, 28))
     assert out.shape == (3, 10)
     if name in EXPECTED_PARAMETERS:
@@ -30,7 +30,7 @@ def test_output_shape_and_parameter_count(name):
 
 def test_cnn_widths_come_from_params():
     c = CANDIDATES["cnn_compact"].model_copy(update={"channels": [8, 16, 24]})
-    net = train.build_net(c)
+    net = models.build(c)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     batch_norms = 2 * (8 + 16 + 24)  # a weight and a bias per channel
     convs = 1 * 8 * 5 * 5 + 8 * 16 * 3 * 3 + 16 * 24 * 3 * 3  # no biases: batch norm follows
@@ -41,7 +41,7 @@ def test_cnn_widths_come_from_params():
 @pytest.mark.parametrize("first_layer", ["pool", "stride"])
 def test_first_layer_reaches_14x14_either_way(first_layer):
     c = CANDIDATES["cnn_compact"].model_copy(update={"first_layer": first_layer})
-    net = train.build_net(c)
+    net = models.build(c)
     conv = net[0]
     maps = conv(torch.zeros(2, 1, 28, 28))
     pooled = net[1](maps) if first_layer == "pool" else maps
@@ -50,16 +50,16 @@ def test_first_layer_reaches_14x14_either_way(first_layer):
     assert pooled.shape == (2, w1, 14, 14)
     assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
     # The same weights either way: only where the 5x5 filter is applied changes.
-    pool_net = train.build_net(c.model_copy(update={"first_layer": "pool"}))
+    pool_net = models.build(c.model_copy(update={"first_layer": "pool"}))
     assert models.parameter_count(net) == models.parameter_count(pool_net)
 
 
 def test_ensemble_averages_its_members_probabilities():
-    c = CANDIDATES["cnn_best"]
+    c = CANDIDATES["cnn_ensemble"]
     assert c.members == 2
     torch.manual_seed(0)
-    net = train.build_net(c).eval()
-    single = train.build_net(c.model_copy(update={"members": 1}))
+    net = models.build(c).eval()
+    single = models.build(c.model_copy(update={"members": 1}))
     assert models.parameter_count(net) == 2 * models.parameter_count(single)
     assert models.multiply_adds(net) == 2 * models.multiply_adds(single)
     x = torch.randn(5, 1, 28, 28)
@@ -70,28 +70,32 @@ def test_ensemble_averages_its_members_probabilities():
 
 
 def test_multiply_adds_of_a_known_network():
-    c = CANDIDATES["cnn_best"].model_copy(update={"members": 1, "channels": [8, 16, 24]})
+    c = CANDIDATES["cnn_ensemble"].model_copy(update={"members": 1, "channels": [8, 16, 24]})
     convs = 8 * 14 * 14 * 25 + 16 * 14 * 14 * 8 * 9 + 24 * 7 * 7 * 16 * 9  # stride-2 first
     head = 24 * 4 * 4 * 128 + 128 * 10
-    assert models.multiply_adds(train.build_net(c)) == convs + head
-    assert models.multiply_adds(train.build_net(CANDIDATES["mlp128"])) == 784 * 128 + 128 * 10
+    assert models.multiply_adds(models.build(c)) == convs + head
+    assert models.multiply_adds(models.build(CANDIDATES["mlp128"])) == 784 * 128 + 128 * 10
 
 
 @pytest.fixture(scope="module")
 def small_data(mnist):
     """2,000 training and 1,000 validation digits, divided by 255."""
     train_x, train_y, _, _ = mnist
+
     def tensors(x, y):
         return torch.from_numpy(x).float().unsqueeze(1) / 255, torch.from_numpy(y).long()
-    return train.Data(*tensors(train_x[:2000], train_y[:2000]),
-                      *tensors(train_x[-1000:], train_y[-1000:]))
+
+    return training.Data(
+        *tensors(train_x[:2000], train_y[:2000]), *tensors(train_x[-1000:], train_y[-1000:])
+    )
 
 
 def quick(name):
     """The candidate's own settings, shortened to one epoch on small batches."""
     c = CANDIDATES[name]
-    return c.model_copy(update={"epochs": 1, "batch_size": min(c.batch_size, 32),
-                                "max_iter": 50})
+    if not c.is_torch:
+        return c.model_copy(update={"max_iter": 50})
+    return c.model_copy(update={"epochs": 1, "batch_size": min(c.batch_size, 32)})
 
 
 @pytest.mark.parametrize("name", sorted(CANDIDATES))
@@ -99,21 +103,30 @@ def test_short_training_beats_chance_by_far(name, small_data):
     torch.manual_seed(0)
     c = quick(name)
     if c.arch == "logreg":
-        _, net = train.train_logreg(c, small_data, seed=0)
+        _, _, net = training.train_logreg(c, small_data, seed=0)
     else:
-        net = train.build_net(c)
-        history = train.train_torch(net, c, small_data, seed=0)
+        net = models.build(c)
+        history = training.train_torch(net, c, small_data, seed=0)
         assert len(history.epochs) == 1 and len(history.steps) == -(-2000 // c.batch_size)
-    _, correct = train.evaluate_logits(net, small_data.x_val, small_data.y_val)
+    _, correct = training.evaluate_logits(net, small_data.x_val, small_data.y_val)
     assert correct / 1000 > 0.6, f"{name}: {correct} of 1000 right after one short epoch"
 
 
 def trained_weights(seed, small_data):
     torch.manual_seed(seed)
-    c = quick("cnn_fast").model_copy(update={"augment": CANDIDATES["cnn_best"].augment})
-    net = train.build_net(c)
-    train.train_torch(net, c, train.Data(small_data.x_train[:500], small_data.y_train[:500],
-                                         small_data.x_val[:100], small_data.y_val[:100]), seed)
+    c = quick("cnn_fast").model_copy(update={"augment": CANDIDATES["cnn_ensemble"].augment})
+    net = models.build(c)
+    training.train_torch(
+        net,
+        c,
+        training.Data(
+            small_data.x_train[:500],
+            small_data.y_train[:500],
+            small_data.x_val[:100],
+            small_data.y_val[:100],
+        ),
+        seed,
+    )
     return net.state_dict()
 
 
@@ -125,15 +138,20 @@ def test_same_seed_same_weights_other_seed_other_weights(small_data):
 
 def test_micro_batches_make_the_same_updates(small_data):
     """Parts of a batch, weighted by size, give the whole batch's step (up to rounding)."""
-    data = train.Data(small_data.x_train[:1000], small_data.y_train[:1000],
-                      small_data.x_val[:100], small_data.y_val[:100])
-    c = quick("cnn_numpy").model_copy(update={"batch_size": 250})
+    data = training.Data(
+        small_data.x_train[:1000],
+        small_data.y_train[:1000],
+        small_data.x_val[:100],
+        small_data.y_val[:100],
+    )
+    c = quick("cnn_r2").model_copy(update={"batch_size": 250})
     weights, losses = [], []
     for micro_batch in (None, 100):  # 100: parts of 100, 100 and 50 images
         torch.manual_seed(0)
-        net = train.build_net(c)
-        history = train.train_torch(net, c.model_copy(update={"micro_batch": micro_batch}),
-                                    data, seed=0)
+        net = models.build(c)
+        history = training.train_torch(
+            net, c.model_copy(update={"micro_batch": micro_batch}), data, seed=0
+        )
         weights.append(net.state_dict())
         losses.append(history.steps)
     np.testing.assert_allclose(losses[0], losses[1], rtol=1e-5)
@@ -141,25 +159,29 @@ def test_micro_batches_make_the_same_updates(small_data):
         # Adam divides by sqrt(v): rounding in a near-zero gradient shows up to ~1e-5.
         torch.testing.assert_close(weights[0][key], weights[1][key], rtol=1e-3, atol=1e-4)
     torch.manual_seed(0)
-    initial = train.build_net(c).state_dict()["0.weight"]
+    initial = models.build(c).state_dict()["0.weight"]
     assert not torch.equal(weights[0]["0.weight"], initial), "training did not move the weights"
 
 
 def test_predictor_bakes_in_standardisation_and_tta():
     torch.manual_seed(0)
-    net = train.build_net(CANDIDATES["cnn_fast"]).eval()
+    net = models.build(CANDIDATES["cnn_fast"]).eval()
     pixels = torch.rand(4, 1, 28, 28)
-    plain = models.Predictor(net, 0.13, 0.31).eval()
+    plain = inference.Predictor(net, 0.13, 0.31).eval()
     probs = plain(pixels)
     expected = torch.softmax(net((pixels - 0.13) / 0.31), 1)
     torch.testing.assert_close(probs, expected)
-    tta = models.Predictor(net, 0.13, 0.31, tta=4).eval()(pixels)
+    tta = inference.Predictor(net, 0.13, 0.31, tta=4).eval()(pixels)
     torch.testing.assert_close(tta.sum(1), torch.ones(4))
     assert not torch.allclose(tta, probs)
 
 
 def test_logreg_linear_layer_equals_sklearn(small_data):
-    clf, net = train.train_logreg(quick("logreg"), small_data, seed=0)
+    clf, history, net = training.train_logreg(quick("logreg"), small_data, seed=0)
+    assert (
+        history.epochs[0]["val_correct"]
+        == training.evaluate_logits(net, small_data.x_val, small_data.y_val)[1]
+    )
     x = small_data.x_val[:50]
     ours = torch.softmax(net(x), 1).detach().numpy()
     np.testing.assert_allclose(ours, clf.predict_proba(x.flatten(1).numpy()), atol=1e-5)
@@ -169,24 +191,22 @@ def test_glorot_init_is_keras_default_and_seeded():
     c = CANDIDATES["mlp128"].model_copy(update={"init": "glorot"})
     torch_default = c.model_copy(update={"init": "torch"})
     torch.manual_seed(0)
-    net = train.build_net(c)
+    net = models.build(c)
     first = net[1]  # Linear(784, 128)
     bound = (6 / (784 + 128)) ** 0.5  # Glorot-uniform's limit
     assert torch.count_nonzero(first.bias) == 0
     assert first.weight.abs().max() <= bound
     assert first.weight.abs().max() > 0.95 * bound  # uniform over the whole range
     torch.manual_seed(0)
-    assert torch.equal(train.build_net(c)[1].weight, first.weight)
+    assert torch.equal(models.build(c)[1].weight, first.weight)
     torch.manual_seed(0)
-    other = train.build_net(torch_default)[1]
+    other = models.build(torch_default)[1]
     assert not torch.equal(other.weight, first.weight) and torch.count_nonzero(other.bias) > 0
 
 
 def test_an_ensemble_exports_to_onnx_with_the_same_probabilities():
-    from pipeline import package
-
     torch.manual_seed(0)
-    predictor = models.Predictor(train.build_net(CANDIDATES["cnn_best"]), 0.13, 0.31).eval()
+    predictor = inference.Predictor(models.build(CANDIDATES["cnn_ensemble"]), 0.13, 0.31).eval()
     pixels = torch.rand(64, 1, 28, 28)
-    check = package.check_onnx(package.export_onnx(predictor), predictor, pixels)
+    check = export.check_onnx(export.export_onnx(predictor), predictor, pixels)
     assert check["label_disagreements"] == 0 and check["max_probability_diff"] < 1e-5

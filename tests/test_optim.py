@@ -7,19 +7,24 @@ from torch import nn
 from pipeline import optim
 
 CASES = {
-    "sgd": (lambda p: optim.SGD(p, lr=0.4),
-            lambda p: torch.optim.SGD(p, lr=0.4, fused=True)),
-    "sgd momentum": (lambda p: optim.SGD(p, lr=0.4, momentum=0.5),
-                     lambda p: torch.optim.SGD(p, lr=0.4, momentum=0.5, fused=True)),
+    "sgd": (lambda p: optim.SGD(p, lr=0.4), lambda p: torch.optim.SGD(p, lr=0.4, fused=True)),
+    "sgd momentum": (
+        lambda p: optim.SGD(p, lr=0.4, momentum=0.5),
+        lambda p: torch.optim.SGD(p, lr=0.4, momentum=0.5, fused=True),
+    ),
     "sgd momentum decay": (
         lambda p: optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01),
-        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, fused=True)),
-    "adam": (lambda p: optim.Adam(p, lr=0.01),
-             lambda p: torch.optim.Adam(p, lr=0.01, fused=True)),
-    "adam l2": (lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
-                lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1, fused=True)),
-    "adamw": (lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1, decoupled=True),
-              lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, fused=True)),
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9, weight_decay=0.01, fused=True),
+    ),
+    "adam": (lambda p: optim.Adam(p, lr=0.01), lambda p: torch.optim.Adam(p, lr=0.01, fused=True)),
+    "adam l2": (
+        lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1),
+        lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=0.1, fused=True),
+    ),
+    "adamw": (
+        lambda p: optim.Adam(p, lr=0.01, weight_decay=0.1, decoupled=True),
+        lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1, fused=True),
+    ),
 }
 
 
@@ -41,6 +46,6 @@ def trained(make_optimizer, steps: int = 30) -> list[torch.Tensor]:
 def test_same_weights_as_torch_optim(case):
     ours, reference = CASES[case]
     start = trained(ours, steps=0)
-    for a, b, s in zip(trained(ours), trained(reference), start):
+    for a, b, s in zip(trained(ours), trained(reference), start, strict=True):
         assert not torch.equal(a, s), "the optimiser did not move the weights"
         assert torch.equal(a, b), f"largest difference {(a - b).abs().max():.2e}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from pipeline import cli, models, promote, tracking, train
-from pipeline.params import Candidate, MlflowParams, PromoteParams
+from pipeline import inference, models, registry, tracking
+from pipeline.errors import StageError
+from pipeline.params import LogReg, MlflowParams, PromoteParams
+from pipeline.stages import promote
 
 NAME = "mnist-test"
 
@@ -16,7 +17,7 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
-    experiment_id = tracking.setup(MlflowParams(experiment="promote-test"))
+    experiment_id = tracking.setup(MlflowParams(experiment="promote-test", store="unused.db"))
     yield experiment_id
     mp.undo()
 
@@ -25,29 +26,41 @@ def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
     """A run with a real logged model, as train makes it; returns its summary row."""
     import mlflow
 
-    net = train.build_net(Candidate(arch="logreg"))
-    with mlflow.start_run(experiment_id=experiment_id, run_name=name,
-                          tags={"candidate": name, "git_commit": "abc"}) as run:
-        train.log_model(models.Predictor(net, 0.0, 1.0), Candidate(arch="logreg"))
-    return {"candidate": name, "val_accuracy": val, "test_accuracy": test, "parameters": 7850,
-            "multiply_adds": 7840, "run_id": run.info.run_id}
+    net = models.build(LogReg(arch="logreg", description="", C=1.0, max_iter=1))
+    with mlflow.start_run(
+        experiment_id=experiment_id, run_name=name, tags={"candidate": name, "git_commit": "abc"}
+    ) as run:
+        tracking.log_model(inference.Predictor(net, 0.0, 1.0))
+    return {
+        "candidate": name,
+        "val_accuracy": val,
+        "test_accuracy": test,
+        "parameters": 7850,
+        "multiply_adds": 7840,
+        "run_id": run.info.run_id,
+    }
 
 
 def decide(store, rows, min_improvement=0.0):
     summary = {r["candidate"]: r for r in rows}
-    return promote.promote(summary, PromoteParams(registered_model=NAME,
-                                                  min_improvement=min_improvement), store)
+    params = PromoteParams(
+        registered_model=NAME, min_improvement=min_improvement, max_multiply_adds=None
+    )
+    return promote.promote(summary, params, store)
 
 
 @pytest.fixture(scope="module")
 def runs(store):
-    return {"a": logged_run(store, "a", 0.95, 0.94), "worse": logged_run(store, "worse", 0.90, 0.99),
-            "better": logged_run(store, "better", 0.97, 0.90),
-            "slightly": logged_run(store, "slightly", 0.9705, 0.9)}
+    return {
+        "a": logged_run(store, "a", 0.95, 0.94),
+        "worse": logged_run(store, "worse", 0.90, 0.99),
+        "better": logged_run(store, "better", 0.97, 0.90),
+        "slightly": logged_run(store, "slightly", 0.9705, 0.9),
+    }
 
 
 def alias_version():
-    return promote.current_champion(NAME).version
+    return registry.current_champion(NAME).version
 
 
 def test_promotion_story(store, runs):
@@ -58,7 +71,7 @@ def test_promotion_story(store, runs):
     # Rerunning changes nothing: same version, no second registration, alias unmoved.
     again = decide(store, [runs["a"]])
     assert again["version"] == first["version"] and not again["alias_moved"]
-    assert len(promote.client().search_model_versions(f"name = '{NAME}'")) == 1
+    assert len(registry.client().search_model_versions(f"name = '{NAME}'")) == 1
 
     # A worse candidate (by validation; its better *test* accuracy must not matter) is
     # best of its own summary, gets registered, but does not take the alias.
@@ -70,7 +83,7 @@ def test_promotion_story(store, runs):
     better = decide(store, [runs["worse"], runs["better"]])
     assert better["candidate"] == "better" and better["alias_moved"]
     assert alias_version() == better["version"]
-    version = promote.client().get_model_version(NAME, better["version"])
+    version = registry.client().get_model_version(NAME, better["version"])
     assert version.tags["candidate"] == "better" and version.tags["git_commit"] == "abc"
     assert float(version.tags["val_accuracy"]) == 0.97
 
@@ -78,38 +91,42 @@ def test_promotion_story(store, runs):
     slight = decide(store, [runs["slightly"]], min_improvement=0.01)
     assert not slight["alias_moved"] and alias_version() == better["version"]
 
-    history = promote.history(NAME)
+    history = registry.history(NAME)
     assert [h["version"] for h in history] == [first["version"], better["version"]]
     assert history[-1]["previous"] == first["version"]
 
     # Rollback restores the previous champion, and records that too.
-    assert promote.rollback(NAME) == first["version"]
+    assert registry.rollback(NAME) == first["version"]
     assert alias_version() == first["version"]
-    assert "rollback" in promote.history(NAME)[-1]["reason"]
+    assert "rollback" in registry.history(NAME)[-1]["reason"]
 
 
 def test_rollback_without_history_is_a_clear_error(store):
-    with pytest.raises(cli.StageError, match="no previous champion"):
-        promote.client().create_registered_model("empty-model")
-        promote.rollback("empty-model")
+    with pytest.raises(StageError, match="no previous champion"):
+        registry.client().create_registered_model("empty-model")
+        registry.rollback("empty-model")
 
 
 def test_choice_ignores_test_accuracy():
-    rows = {"x": {"candidate": "x", "val_accuracy": 0.9, "test_accuracy": 0.99},
-            "y": {"candidate": "y", "val_accuracy": 0.91, "test_accuracy": 0.5}}
+    rows = {
+        "x": {"candidate": "x", "val_accuracy": 0.9, "test_accuracy": 0.99},
+        "y": {"candidate": "y", "val_accuracy": 0.91, "test_accuracy": 0.5},
+    }
     assert promote.best_candidate(rows)["candidate"] == "y"
-    with pytest.raises(cli.StageError):
+    with pytest.raises(StageError):
         promote.best_candidate({})
 
 
 def test_serving_budget_leaves_out_costly_candidates():
-    rows = {"big": {"candidate": "big", "val_accuracy": 0.996, "multiply_adds": 2_700_000},
-            "small": {"candidate": "small", "val_accuracy": 0.995, "multiply_adds": 1_400_000},
-            "tiny": {"candidate": "tiny", "val_accuracy": 0.97, "multiply_adds": 8_000}}
+    rows = {
+        "big": {"candidate": "big", "val_accuracy": 0.996, "multiply_adds": 2_700_000},
+        "small": {"candidate": "small", "val_accuracy": 0.995, "multiply_adds": 1_400_000},
+        "tiny": {"candidate": "tiny", "val_accuracy": 0.97, "multiply_adds": 8_000},
+    }
     assert promote.best_candidate(rows)["candidate"] == "big"
     assert promote.best_candidate(rows, 1_500_000)["candidate"] == "small"
     assert promote.best_candidate(rows, 2_700_000)["candidate"] == "big"  # the limit fits
     assert promote.over_budget(rows, 1_500_000) == ["big"]
     assert promote.over_budget(rows, None) == []
-    with pytest.raises(cli.StageError, match=r"promote.max_multiply_adds: .*tiny, needs 8,000"):
+    with pytest.raises(StageError, match=r"promote.max_multiply_adds: .*tiny, needs 8,000"):
         promote.best_candidate(rows, 1_000)

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 from bench import reproduce
-from pipeline import atomic, normalise
+from pipeline import atomic
 from pipeline.params import TrainParams, load_section
+from pipeline.stages import normalise
 from tests.conftest import ROOT
 
 R2 = next(r for r in reproduce.REFERENCES if r.id == "R2")  # 97.27 ± 0.43
@@ -20,12 +21,20 @@ def test_every_reference_is_a_candidate_in_params():
     assert all(r.candidate in candidates for r in reproduce.REFERENCES)
 
 
-@pytest.mark.parametrize("mean, ref, expected", [
-    (97.27, R2, "reproduced"), (96.85, R2, "reproduced"), (97.69, R2, "reproduced"),
-    (97.71, R2, "better"), (96.83, R2, "different"),
-    (97.61, R4, "reproduced"), (98.59, R4, "reproduced"), (98.61, R4, "better"),
-    (97.59, R4, "different"),
-])
+@pytest.mark.parametrize(
+    "mean, ref, expected",
+    [
+        (97.27, R2, "reproduced"),
+        (96.85, R2, "reproduced"),
+        (97.69, R2, "reproduced"),
+        (97.71, R2, "better"),
+        (96.83, R2, "different"),
+        (97.61, R4, "reproduced"),
+        (98.59, R4, "reproduced"),
+        (98.61, R4, "better"),
+        (97.59, R4, "different"),
+    ],
+)
 def test_verdict_uses_the_published_spread_or_half_a_point(mean, ref, expected):
     kind, reason = reproduce.verdict(mean, ref)
     assert kind == expected
@@ -38,10 +47,13 @@ def small_arrays(tmp_path_factory, mnist):
     train_x, train_y, test_x, test_y = mnist
     folder = tmp_path_factory.mktemp("arrays")
     stats = normalise.statistics(train_x[:2000], standardise=False)
-    for name, (x, y) in {"train": (train_x[:2000], train_y[:2000]),
-                         "val": (train_x[-500:], train_y[-500:])}.items():
-        atomic.write_npz(folder / f"{name}.npz", images=normalise.apply(x, stats),
-                         labels=y.astype(np.int64))
+    for name, (x, y) in {
+        "train": (train_x[:2000], train_y[:2000]),
+        "val": (train_x[-500:], train_y[-500:]),
+    }.items():
+        atomic.write_npz(
+            folder / f"{name}.npz", images=normalise.apply(x, stats), labels=y.astype(np.int64)
+        )
     atomic.write_json(folder / "stats.json", stats)
     atomic.write_npz(folder / "test.npz", images=test_x[:1000], labels=test_y[:1000])
     return folder
@@ -49,8 +61,20 @@ def small_arrays(tmp_path_factory, mnist):
 
 def test_short_run_writes_table_and_json_from_real_training(small_arrays, tmp_path, capsys):
     out = tmp_path / "out"
-    reproduce.cli_main(["--only", "R1", "--seeds", "2", "--data", str(small_arrays),
-                        "--test", str(small_arrays / "test.npz"), "--out", str(out)])
+    reproduce.cli_main(
+        [
+            "--only",
+            "R1",
+            "--seeds",
+            "2",
+            "--data",
+            str(small_arrays),
+            "--test",
+            str(small_arrays / "test.npz"),
+            "--out",
+            str(out),
+        ]
+    )
     report = json.loads((out / "reproduction.json").read_text())
     (row,) = report["systems"]
     accuracies = [run["test_accuracy"] for run in row["runs"]]

@@ -23,13 +23,16 @@ const bars = Array.from({ length: 10 }, (_, digit) => {
   return { row, fill: row.querySelector(".fill"), pct: row.querySelector(".pct") };
 });
 
-let ink = false; // something drawn since the pad was last cleared
-let stroke = null; // {id, x, y}: the pointer drawing now and its last point
-let generation = 0; // bumped by Clear, an upload or a fresh drawing: older answers are dropped
-let outstanding = 0; // requests to /predict_image not answered yet
-let drawingSent = false; // a PNG of the pad is on its way
-let sendAgain = false; // the pad changed while it was
-let timer = null; // throttled prediction during a stroke
+// Everything the page remembers between events, in one place.
+const state = {
+  ink: false, // something drawn since the pad was last cleared
+  stroke: null, // {id, x, y}: the pointer drawing now and its last point
+  generation: 0, // bumped by Clear, an upload or a fresh drawing: older answers are dropped
+  outstanding: 0, // requests to /predict_image not answered yet
+  drawingSent: false, // a PNG of the pad is on its way
+  sendAgain: false, // the pad changed while it was
+  timer: null, // throttled prediction during a stroke
+};
 
 // ----- errors and the answer --------------------------------------------------------------
 
@@ -69,7 +72,7 @@ async function post(path, body, contentType) {
 }
 
 function updateBusy() {
-  const busy = outstanding > 0 || drawingSent || sendAgain || timer !== null;
+  const busy = state.outstanding > 0 || state.drawingSent || state.sendAgain || state.timer !== null;
   result.setAttribute("aria-busy", String(busy));
 }
 
@@ -102,21 +105,21 @@ function resetAnswer(note) {
 }
 
 async function predict(body, contentType, what, asked) {
-  outstanding += 1;
+  state.outstanding += 1;
   updateBusy();
   try {
     const answer = await post("/predict_image", body, contentType);
-    if (asked === generation) {
+    if (asked === state.generation) {
       showAnswer(answer, what);
       clearError("predict");
     }
   } catch (error) {
-    if (asked === generation) {
+    if (asked === state.generation) {
       resetAnswer("No answer.");
       showError(`Could not classify ${what}: ${error.message}`);
     }
   } finally {
-    outstanding -= 1;
+    state.outstanding -= 1;
     updateBusy();
   }
 }
@@ -126,25 +129,25 @@ async function predict(body, contentType, what, asked) {
 function clearPad() {
   pen.fillStyle = "#000"; // light ink on black, as in MNIST (the service takes either)
   pen.fillRect(0, 0, pad.width, pad.height);
-  ink = false;
+  state.ink = false;
 }
 
 function predictDrawing() {
-  clearTimeout(timer);
-  timer = null;
-  if (!ink) return updateBusy();
-  if (drawingSent) {
-    sendAgain = true; // one request at a time; the newest drawing goes next
+  clearTimeout(state.timer);
+  state.timer = null;
+  if (!state.ink) return updateBusy();
+  if (state.drawingSent) {
+    state.sendAgain = true; // one request at a time; the newest drawing goes next
     return updateBusy();
   }
-  drawingSent = true;
+  state.drawingSent = true;
   updateBusy(); // busy from now: toBlob is asynchronous, the request starts later
-  const asked = generation;
+  const asked = state.generation;
   pad.toBlob(async (png) => { // the bitmap is copied now, so later strokes are not in it
     await predict(png, "image/png", "your drawing", asked);
-    drawingSent = false;
-    if (sendAgain) {
-      sendAgain = false;
+    state.drawingSent = false;
+    if (state.sendAgain) {
+      state.sendAgain = false;
       predictDrawing();
     }
     updateBusy();
@@ -152,7 +155,7 @@ function predictDrawing() {
 }
 
 function schedule() {
-  if (timer === null) timer = setTimeout(predictDrawing, THROTTLE_MS);
+  if (state.timer === null) state.timer = setTimeout(predictDrawing, THROTTLE_MS);
   updateBusy();
 }
 
@@ -165,49 +168,49 @@ function padPoint(event) {
 }
 
 pad.addEventListener("pointerdown", (event) => {
-  if (event.button !== 0 || stroke) return;
+  if (event.button !== 0 || state.stroke) return;
   event.preventDefault();
   pad.setPointerCapture(event.pointerId);
-  if (!ink) generation += 1; // a fresh drawing: drop answers about an earlier upload
-  stroke = { id: event.pointerId, ...padPoint(event) };
+  if (!state.ink) state.generation += 1; // a fresh drawing: drop answers about an earlier upload
+  state.stroke = { id: event.pointerId, ...padPoint(event) };
   pen.fillStyle = "#fff";
   pen.beginPath();
-  pen.arc(stroke.x, stroke.y, PEN_WIDTH / 2, 0, 2 * Math.PI);
+  pen.arc(state.stroke.x, state.stroke.y, PEN_WIDTH / 2, 0, 2 * Math.PI);
   pen.fill();
-  ink = true;
+  state.ink = true;
   schedule();
 });
 
 pad.addEventListener("pointermove", (event) => {
-  if (!stroke || event.pointerId !== stroke.id) return;
+  if (!state.stroke || event.pointerId !== state.stroke.id) return;
   const events = event.getCoalescedEvents?.() ?? []; // a pen reports more points than frames
   pen.strokeStyle = "#fff";
   pen.lineWidth = PEN_WIDTH;
   pen.lineCap = "round";
   pen.lineJoin = "round";
   pen.beginPath();
-  pen.moveTo(stroke.x, stroke.y);
+  pen.moveTo(state.stroke.x, state.stroke.y);
   for (const each of events.length ? events : [event]) {
-    Object.assign(stroke, padPoint(each));
-    pen.lineTo(stroke.x, stroke.y);
+    Object.assign(state.stroke, padPoint(each));
+    pen.lineTo(state.stroke.x, state.stroke.y);
   }
   pen.stroke();
   schedule();
 });
 
 function endStroke(event) {
-  if (!stroke || event.pointerId !== stroke.id) return;
-  stroke = null;
+  if (!state.stroke || event.pointerId !== state.stroke.id) return;
+  state.stroke = null;
   predictDrawing();
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
 
 $("clear").addEventListener("click", () => {
-  generation += 1;
-  clearTimeout(timer);
-  timer = null;
-  sendAgain = false;
+  state.generation += 1;
+  clearTimeout(state.timer);
+  state.timer = null;
+  state.sendAgain = false;
   clearPad();
   $("upload").value = "";
   resetAnswer("Nothing yet.");
@@ -220,13 +223,13 @@ $("clear").addEventListener("click", () => {
 $("upload").addEventListener("change", (event) => {
   const file = event.target.files[0];
   if (!file) return;
-  generation += 1;
-  sendAgain = false;
+  state.generation += 1;
+  state.sendAgain = false;
   clearPad();
   resetAnswer(`Reading ${file.name}…`);
   // Anything that is not labelled an image goes as bytes: the service judges the content.
   const contentType = file.type.startsWith("image/") ? file.type : "application/octet-stream";
-  predict(file, contentType, file.name, generation);
+  predict(file, contentType, file.name, state.generation);
 });
 
 async function loadModelInfo() {

@@ -25,11 +25,11 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
-from serving.launch import free_port, stop
+from tests.support.serve import free_port, stop
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT = 180  # s; mlflow 3 takes ~30 s to start on 2 busy cores
+START_TIMEOUT = 180  # s; mlflow 3 is slow to start on busy cores
 
 
 @pytest.fixture(scope="module")

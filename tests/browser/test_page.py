@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
-from serving.launch import free_port
 from serving.preprocess import digit_from_image
 from tests.serving.images import render
+from tests.support.serve import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -3,15 +3,14 @@ both folders share one instance of each): a stand-in model in a temporary BentoM
 service at three depths (the class itself, TestClient over its ASGI app, a real
 `bentoml serve` process on 127.0.0.1), and real MNIST test digits.
 
-The model is serving.fixture_model's tiny MLP (about 5 s to train on 2 cores), stored as
-the pipeline's package stage would store the real one (see serving/contract.py).
+The model is tests/support/fixture_model.py's tiny MLP (seconds to train), stored as the
+pipeline's package stage would store the real one (see serving/contract.py).
 """
 
 from __future__ import annotations
 
 import importlib
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from serving.launch import bentoml_serve
+from tests.support.mnist import REPO, load_mnist
+from tests.support.serve import bentoml_serve
 
-REPO = Path(__file__).resolve().parents[2]
-MIRROR = Path(os.environ.get("MNIST_MIRROR") or REPO.parent / "shared" / "mnist")
+
+def direct_onnx(model_path: Path, digits: np.ndarray) -> np.ndarray:
+    """(N, 28, 28) uint8 -> (N, 10) probabilities straight from ONNX Runtime, as the
+    reference the service's answers must equal."""
+    from serving.contract import INPUT_NAME, MODEL_FILE, OUTPUT_NAME
+    from serving.runner import make_session
+
+    session = make_session(model_path / MODEL_FILE)
+    pixels = (digits.astype(np.float32) / np.float32(255))[:, None]  # (N, 1, 28, 28)
+    return session.run([OUTPUT_NAME], {INPUT_NAME: pixels})[0]
 
 
 @pytest.fixture(scope="session")
@@ -46,9 +54,9 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def model_tag(bentoml_home: Path) -> Iterator[str]:
     """Build the stand-in model in the store; MNIST_MODEL_TAG names it for the service."""
-    from serving.fixture_model import build
+    from tests.support.fixture_model import build
 
-    model_ref = build(MIRROR, train_count=10_000)
+    model_ref = build(train_count=10_000)
     assert bentoml_home in Path(model_ref.path).parents
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNIST_MODEL_TAG", str(model_ref.tag))
@@ -68,7 +76,7 @@ def service_class(model_tag: str) -> Any:
     MNIST_MODEL_TAG when imported, so re-import it if something imported it earlier."""
     import serving.service
 
-    if serving.service.MODEL_TAG != model_tag:
+    if model_tag != serving.service.MODEL_TAG:
         importlib.reload(serving.service)
     assert [str(model) for model in serving.service.MNISTClassifier.models] == [model_tag]
     return serving.service.MNISTClassifier
@@ -89,12 +97,6 @@ def client(service_class: Any) -> Iterator[Any]:
         yield test_client
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def server(
     model_tag: str, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
@@ -107,14 +109,13 @@ def server(
         "MNIST_MODEL_TAG": model_tag,
     }
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
-    with bentoml_serve("serving.service:MNISTClassifier", env=env, cwd=REPO,
-                       log_path=log_path, timeout=90) as served:
+    with bentoml_serve(
+        "serving.service:MNISTClassifier", env=env, cwd=REPO, log_path=log_path, timeout=90
+    ) as served:
         yield served.url
 
 
 @pytest.fixture(scope="session")
 def test_digits() -> tuple[np.ndarray, np.ndarray]:
     """The first 300 MNIST test images (300, 28, 28) uint8 and labels (300,)."""
-    from serving.fixture_model import load_mnist
-
-    return load_mnist(MIRROR, "t10k", 300)
+    return load_mnist("t10k", 300)

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.contract import MODEL_NAME
 from tests.serving.images import render
 
 
@@ -46,7 +47,7 @@ def test_model_info(client: Any, model_tag: str) -> None:
     response = client.post("/model_info", json={})
     assert response.status_code == 200
     info = response.json()
-    assert info["bentoml_tag"] == model_tag and info["registry_model"] == "mnist-classifier"
+    assert info["bentoml_tag"] == model_tag and info["registry_model"] == MODEL_NAME
     assert set(info) >= {"registry_version", "alias", "metrics", "git_commit"}
 
 

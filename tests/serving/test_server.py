@@ -17,18 +17,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from tests.serving.fixtures import direct_onnx
 from tests.serving.images import image_variants
 
 pytestmark = pytest.mark.slow
 
 ZEROS = [0] * 784
-
-
-def onnx_probabilities(model_path: Path, digits: np.ndarray) -> np.ndarray:
-    from serving.service import make_session  # imported late: it reads MNIST_MODEL_TAG
-
-    pixels = (digits.astype(np.float32) / np.float32(255))[:, None]  # (N, 1, 28, 28)
-    return make_session(model_path / "model.onnx").run(["probabilities"], {"images": pixels})[0]
 
 
 def test_served_predictions_equal_onnx_runtime_exactly(
@@ -41,7 +35,7 @@ def test_served_predictions_equal_onnx_runtime_exactly(
     probabilities = np.array(
         body["probabilities"], dtype=np.float32
     )  # JSON floats round-trip float32
-    np.testing.assert_array_equal(probabilities, onnx_probabilities(model_path, digits))
+    np.testing.assert_array_equal(probabilities, direct_onnx(model_path, digits))
     assert np.mean(np.array(body["labels"]) == labels) > 0.85
 
 
@@ -63,7 +57,7 @@ def test_concurrent_single_digit_callers_are_batched_and_answered_correctly(
 
     before = batch_counts(server)
     probabilities = np.array(asyncio.run(everyone()), dtype=np.float32)
-    expected = onnx_probabilities(model_path, digits)
+    expected = direct_onnx(model_path, digits)
     np.testing.assert_array_equal(probabilities.argmax(axis=1), expected.argmax(axis=1))
     # Batch composition may change float summation order in other models; stay tight anyway.
     np.testing.assert_allclose(probabilities, expected, rtol=0, atol=1e-6)

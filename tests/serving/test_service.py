@@ -15,16 +15,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from serving.contract import INFO_FILE
+from tests.serving.fixtures import direct_onnx
 from tests.serving.images import image_variants
-
-
-def direct_onnx(model_path: Path, digits: np.ndarray) -> np.ndarray:
-    """(N, 28, 28) uint8 -> (N, 10) probabilities straight from ONNX Runtime."""
-    from serving.service import make_session  # imported late: it reads MNIST_MODEL_TAG
-
-    session = make_session(model_path / "model.onnx")
-    pixels = (digits.astype(np.float32) / np.float32(255))[:, None]  # (N, 1, 28, 28)
-    return session.run(["probabilities"], {"images": pixels})[0]
 
 
 def test_predict_is_accurate_and_equals_onnx_runtime_exactly(
@@ -46,9 +39,7 @@ def test_a_bulk_request_runs_on_all_cores_with_the_same_answers(
     test_digits: tuple[np.ndarray, np.ndarray],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from serving.service import BULK_ROWS
-
-    session = service.session
+    session = service.runner.session
     cores = os.cpu_count() or 1
     together = threading.Barrier(cores, timeout=30)  # breaks unless all parts run at once
     rows_run: list[int] = []
@@ -61,10 +52,12 @@ def test_a_bulk_request_runs_on_all_cores_with_the_same_answers(
                 together.wait()
             return session.run(outputs, feeds)
 
-    monkeypatch.setattr(service, "session", Spy())
+    monkeypatch.setattr(service.runner, "session", Spy())
     asyncio.run(service.predict(images=test_digits[0][:5].tolist()))
     assert rows_run == [5]  # a small request runs whole
-    digits = np.resize(test_digits[0], (BULK_ROWS, 28, 28))  # the 300 digits, repeated
+    digits = np.resize(
+        test_digits[0], (service.runner.bulk_rows, 28, 28)
+    )  # the 300 digits, repeated
     result = asyncio.run(service.predict(images_b64=base64.b64encode(digits.tobytes()).decode()))
     assert sorted(rows_run[1:]) == sorted(len(part) for part in np.array_split(digits, cores))
     probabilities = np.array(result.probabilities, dtype=np.float32)
@@ -107,7 +100,7 @@ def test_predict_image_reads_digits_as_people_send_them(
             preprocessed = np.array(result.preprocessed)
             assert (
                 preprocessed.shape == (28, 28)
-                and 0 <= preprocessed.min()
+                and preprocessed.min() >= 0
                 and preprocessed.max() == 255
             )
             right += result.label == label
@@ -119,7 +112,7 @@ def test_model_info_passes_info_json_through(
     service: Any, model_path: Path, model_tag: str
 ) -> None:
     info = asyncio.run(service.model_info())
-    stored = json.loads((model_path / "info.json").read_text())
+    stored = json.loads((model_path / INFO_FILE).read_text())
     assert {key: info[key] for key in stored} == stored
     assert info["bentoml_tag"] == model_tag
     assert info["limits"]["max_images_per_request"] == 10_000
@@ -142,5 +135,5 @@ def test_bad_input_raises_a_validation_error_naming_the_problem(
 
 
 def test_what_the_worker_loaded_is_frozen_out_of_garbage_collection(service: Any) -> None:
-    # A full collection over these took ~40 ms, a pause every request in flight waited out.
+    # A full collection over these pauses the event loop for every request in flight.
     assert gc.get_freeze_count() > 10_000

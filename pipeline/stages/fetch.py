@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline import atomic, cli
+from pipeline.errors import StageError
 from pipeline.params import FetchParams, load_section
 
 MIRROR_ENV = "MNIST_MIRROR"
@@ -31,10 +32,10 @@ FILES = {
     "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
     "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
-MAX_DOWNLOAD_BYTES = 64 * 2**20  # the largest file is ~10 MB compressed, 47 MB raw
+MAX_DOWNLOAD_BYTES = 64 * 2**20  # above the largest file, compressed or not
 
 
-class FetchError(cli.StageError):
+class FetchError(StageError):
     pass
 
 
@@ -75,8 +76,9 @@ def download(url: str, params: FetchParams) -> bytes:
                 if total and total > MAX_DOWNLOAD_BYTES:
                     raise OSError(f"{url} is {total} bytes, more than expected")
                 chunks = []
-                with tqdm(total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1],
-                          leave=False) as bar:
+                with tqdm(
+                    total=total, unit="B", unit_scale=True, desc=url.rsplit("/", 1)[-1], leave=False
+                ) as bar:
                     while chunk := response.read(1 << 16):
                         chunks.append(chunk)
                         bar.update(len(chunk))
@@ -108,8 +110,12 @@ def fetch_file(name: str, params: FetchParams) -> bytes:
         actual = hashlib.sha256(data).hexdigest()
         if actual == expected:
             return data
-        attempts.append(Attempt(source, f"checksum mismatch: expected sha256 {expected}, "
-                                        f"got {actual} ({len(data)} bytes)"))
+        attempts.append(
+            Attempt(
+                source,
+                f"checksum mismatch: expected sha256 {expected}, got {actual} ({len(data)} bytes)",
+            )
+        )
     raise FetchError(f"could not fetch {name}; tried:\n" + "\n".join(map(str, attempts)))
 
 
@@ -128,7 +134,7 @@ def main(args) -> None:
 def cli_main(argv=None) -> None:
     p = cli.parser("fetch", __doc__)
     p.add_argument("--out", required=True, type=Path, help="folder for the four idx files")
-    cli.run("fetch", main, cli.parse(p, argv))
+    cli.run("fetch", main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

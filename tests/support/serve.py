@@ -41,8 +41,9 @@ def wait_ready(url: str, process: subprocess.Popen, log_path: Path, timeout: flo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ServeError(f"bentoml serve exited with {process.returncode}:\n"
-                             f"{log_path.read_text()[-3000:]}")
+            raise ServeError(
+                f"bentoml serve exited with {process.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
@@ -65,14 +66,25 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def bentoml_serve(target: str, *, env: dict[str, str], cwd: Path, log_path: Path,
-                  timeout: float = 120) -> Iterator[Server]:
+def bentoml_serve(
+    target: str, *, env: dict[str, str], cwd: Path, log_path: Path, timeout: float = 120
+) -> Iterator[Server]:
     port = free_port()
-    command = [sys.executable, "-m", "bentoml", "serve", target,
-               "--host", "127.0.0.1", "--port", str(port)]
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "serve",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, cwd=cwd, env=env, stdout=log,
-                                   stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_ready(url, process, log_path, timeout)

@@ -11,10 +11,20 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import atomic, cli
+from pipeline.errors import StageError
 from pipeline.params import TrainParams, load_section
 
-COLUMNS = ["candidate", "val_accuracy", "test_accuracy", "parameters", "multiply_adds",
-           "epochs", "train_seconds", "images_per_s", "run_id"]
+COLUMNS = [
+    "candidate",
+    "val_accuracy",
+    "test_accuracy",
+    "parameters",
+    "multiply_adds",
+    "epochs",
+    "train_seconds",
+    "images_per_s",
+    "run_id",
+]
 
 
 def row(name: str, models: Path, reports: Path) -> dict:
@@ -23,12 +33,18 @@ def row(name: str, models: Path, reports: Path) -> dict:
         run = atomic.read_json(models / name / "run.json")
         tested = atomic.read_json(reports / name / "metrics.json")
     except FileNotFoundError as error:
-        raise cli.StageError(f"candidate {name} has not been trained and evaluated: {error}")
-    return {"candidate": name, "val_accuracy": trained["val_accuracy"],
-            "test_accuracy": tested["test_accuracy"], "parameters": trained["parameters"],
-            "multiply_adds": trained["multiply_adds"], "epochs": trained["epochs"],
-            "train_seconds": run["train_seconds"], "images_per_s": run["images_per_s"],
-            "run_id": run["run_id"]}
+        raise StageError(f"candidate {name} has not been trained and evaluated: {error}") from None
+    return {
+        "candidate": name,
+        "val_accuracy": trained["val_accuracy"],
+        "test_accuracy": tested["test_accuracy"],
+        "parameters": trained["parameters"],
+        "multiply_adds": trained["multiply_adds"],
+        "epochs": trained["epochs"],
+        "train_seconds": run["train_seconds"],
+        "images_per_s": run["images_per_s"],
+        "run_id": run["run_id"],
+    }
 
 
 def summarize(enabled: list[str], models: Path, reports: Path) -> list[dict]:
@@ -42,8 +58,10 @@ def main(args) -> None:
     atomic.write_json(args.out / "summary.json", {r["candidate"]: r for r in rows})
     atomic.write_csv(args.out / "summary.csv", COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
     for r in rows:
-        print(f"summarize: {r['candidate']:<18} val {r['val_accuracy']:.4f} "
-              f"test {r['test_accuracy']:.4f}")
+        print(
+            f"summarize: {r['candidate']:<18} val {r['val_accuracy']:.4f} "
+            f"test {r['test_accuracy']:.4f}"
+        )
 
 
 def cli_main(argv=None) -> None:
@@ -51,7 +69,7 @@ def cli_main(argv=None) -> None:
     p.add_argument("--models", required=True, type=Path, help="folder of train outputs")
     p.add_argument("--reports", required=True, type=Path, help="folder of evaluate outputs")
     p.add_argument("--out", required=True, type=Path, help="folder for summary.json/.csv")
-    cli.run("summarize", main, cli.parse(p, argv))
+    cli.run("summarize", main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -1,56 +1,29 @@
 """A small stand-in `mnist-classifier` model for tests, benchmarks and trying the service.
 
-In: the MNIST mirror folder (the four .gz files). Out: a BentoML model in the store that
+In: the MNIST mirror (tests/support/mnist.py). Out: a BentoML model in the store that
 BENTOML_HOME points at, laid out as serving/contract.py says: a tiny MLP trained for a
-few seconds on 10,000 images (about 5 s on 2 cores, test accuracy about 0.95), exported
-to ONNX with normalisation and softmax inside the graph, plus an info.json.
+few seconds on 10,000 images, exported to ONNX with normalisation and softmax inside the
+graph, plus an info.json. The real model comes from the pipeline's package stage.
 
-It needs torch, a training dependency the service does not have, so the bentofile
-leaves this file out of the Bento. The real model comes from the pipeline's package stage.
-
-    python -m serving.fixture_model --mirror ../shared/mnist
+    python -m tests.support.fixture_model
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
-import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Literal
 
 import bentoml
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
 from serving.contract import INPUT_NAME, MODEL_FILE, MODEL_NAME, OUTPUT_NAME, store_model
+from tests.support.mnist import load_mnist
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after /255
-DEFAULT_MIRROR = Path(__file__).resolve().parents[2] / "shared" / "mnist"
-
-
-def mnist_mirror() -> Path:
-    """The local MNIST mirror: env MNIST_MIRROR, else ../shared/mnist beside the repo."""
-    return Path(os.environ.get("MNIST_MIRROR", DEFAULT_MIRROR))
-
-
-def load_mnist(
-    mirror: Path, split: Literal["train", "t10k"], limit: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) uint8 images and (N,) uint8 labels, the first `limit` of a split."""
-    images_gz = mirror / f"{split}-images-idx3-ubyte.gz"
-    labels_gz = mirror / f"{split}-labels-idx1-ubyte.gz"
-    images = parse_idx(
-        gzip.decompress(images_gz.read_bytes()), expected_magic=IMAGES_MAGIC, source=str(images_gz)
-    )
-    labels = parse_idx(
-        gzip.decompress(labels_gz.read_bytes()), expected_magic=LABELS_MAGIC, source=str(labels_gz)
-    )
-    return images[:limit], labels[:limit]
 
 
 class TinyMLP(nn.Module):
@@ -78,7 +51,7 @@ def train(images: np.ndarray, labels: np.ndarray, *, epochs: int = 4, seed: int 
     """A few epochs of Adam on shuffled mini-batches; the same seed gives the same weights.
 
     One torch thread: for a model this small, a second thread only adds synchronisation,
-    and on 2 shared cores it made training 7x slower (2 s -> 15 s).
+    which on shared cores makes training several times slower.
     """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -106,9 +79,9 @@ def accuracy(model: TinyMLP, images: np.ndarray, labels: np.ndarray) -> float:
 
 
 def export_onnx(model: TinyMLP, path: Path) -> None:
-    """ONNX with a dynamic batch dimension, input `images`, output `probabilities`.
+    """ONNX with a dynamic batch dimension and the contract's tensor names.
 
-    The TorchScript exporter (dynamo=False) takes 0.1 s here against 7.5 s for the dynamo
+    The TorchScript exporter (dynamo=False) is many times faster to run than the dynamo
     one; torch marks it deprecated, which is fine for a test stand-in.
     """
     example = torch.zeros(2, 1, 28, 28)
@@ -125,10 +98,10 @@ def export_onnx(model: TinyMLP, path: Path) -> None:
         )
 
 
-def build(mirror: Path, *, train_count: int = 10_000, seed: int = 0) -> bentoml.Model:
+def build(*, train_count: int = 10_000, seed: int = 0) -> bentoml.Model:
     """Train, export and store the stand-in model; return the stored BentoML model."""
-    train_images, train_labels = load_mnist(mirror, "train", train_count)
-    test_images, test_labels = load_mnist(mirror, "t10k")
+    train_images, train_labels = load_mnist("train", train_count)
+    test_images, test_labels = load_mnist("t10k")
     model = train(train_images, train_labels, seed=seed)
     info = {
         "registry_model": MODEL_NAME,
@@ -142,16 +115,16 @@ def build(mirror: Path, *, train_count: int = 10_000, seed: int = 0) -> bentoml.
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         export_onnx(model, onnx_path)
-        return store_model(onnx_path.read_bytes(), info,
-                           labels={"source": "serving.fixture_model"})
+        return store_model(
+            onnx_path.read_bytes(), info, labels={"source": "tests.support.fixture_model"}
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--mirror", type=Path, default=mnist_mirror())
     parser.add_argument("--train-count", type=int, default=10_000)
     args = parser.parse_args()
-    model_ref = build(args.mirror, train_count=args.train_count)
+    model_ref = build(train_count=args.train_count)
     print(f"stored {model_ref.tag} in {model_ref.path}")
 
 

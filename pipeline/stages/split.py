@@ -13,36 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import atomic, cli
+from pipeline.dataset import Split, stratified_take
+from pipeline.errors import StageError
 from pipeline.idx import read_images, read_labels
 from pipeline.params import SplitParams, load_section
-
-Split = tuple[np.ndarray, np.ndarray]  # (images (N, 28, 28) uint8, labels (N,) uint8)
 
 
 def load_raw(raw: Path, prefix: str) -> Split:
     images = read_images(raw / f"{prefix}-images-idx3-ubyte")
     labels = read_labels(raw / f"{prefix}-labels-idx1-ubyte")
     if len(images) != len(labels):
-        raise cli.StageError(f"{raw}/{prefix}: {len(images)} images but {len(labels)} labels")
+        raise StageError(f"{raw}/{prefix}: {len(images)} images but {len(labels)} labels")
     return images, labels
-
-
-def stratified_take(images: np.ndarray, labels: np.ndarray, size: int, seed: int) -> Split:
-    """A stratified random subset of ``size`` items (all of them if size >= N)."""
-    if size >= len(labels):
-        return images, labels
-    from sklearn.model_selection import train_test_split  # 1.5 s to import: only when used
-
-    index = np.arange(len(labels))
-    taken, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
-    taken.sort()  # keep the original order: the subset is a set, not a shuffle
-    return images[taken], labels[taken]
 
 
 def split(train: Split, test: Split, params: SplitParams) -> dict[str, Split]:
     images, labels = train
     if params.val_size >= len(labels):
-        raise cli.StageError(
+        raise StageError(
             f"split.val_size: {params.val_size} leaves no training images of {len(labels)}"
         )
     from sklearn.model_selection import train_test_split
@@ -66,14 +54,15 @@ def main(args) -> None:
     parts = split(load_raw(args.raw, "train"), load_raw(args.raw, "t10k"), params)
     for name, (images, labels) in parts.items():
         atomic.write_npz(args.out / f"{name}.npz", images=images, labels=labels)
-        print(f"split: {name}: {len(labels)} images, per class {np.bincount(labels, minlength=10).tolist()}")
+        per_class = np.bincount(labels, minlength=10).tolist()
+        print(f"split: {name}: {len(labels)} images, per class {per_class}")
 
 
 def cli_main(argv=None) -> None:
     p = cli.parser("split", __doc__)
     p.add_argument("--raw", required=True, type=Path, help="folder of the fetched idx files")
     p.add_argument("--out", required=True, type=Path, help="folder for train/val/test .npz")
-    cli.run("split", main, cli.parse(p, argv))
+    cli.run("split", main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -39,12 +39,17 @@ def main(args) -> None:
     parts = {name: atomic.read_npz(args.split / f"{name}.npz") for name in PARTS}
     stats = statistics(parts["train"]["images"], params.standardise)
     for name, part in parts.items():
-        atomic.write_npz(args.out / f"{name}.npz", images=apply(part["images"], stats),
-                         labels=part["labels"].astype(np.int64))
+        atomic.write_npz(
+            args.out / f"{name}.npz",
+            images=apply(part["images"], stats),
+            labels=part["labels"].astype(np.int64),
+        )
     atomic.write_json(args.out / "stats.json", stats)
     if stats["standardise"]:
-        print(f"normalise: pixels / 255, standardised with the training split's mean "
-              f"{stats['mean']:.4f} and std {stats['std']:.4f}")
+        print(
+            f"normalise: pixels / 255, standardised with the training split's mean "
+            f"{stats['mean']:.4f} and std {stats['std']:.4f}"
+        )
     else:
         print("normalise: pixels / 255 (normalise.standardise is off)")
 
@@ -53,7 +58,7 @@ def cli_main(argv=None) -> None:
     p = cli.parser("normalise", __doc__)
     p.add_argument("--split", required=True, type=Path, help="folder of train/val/test .npz")
     p.add_argument("--out", required=True, type=Path, help="folder for normalised arrays")
-    cli.run("normalise", main, cli.parse(p, argv))
+    cli.run("normalise", main, p.parse_args(argv))
 
 
 if __name__ == "__main__":

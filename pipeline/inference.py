@@ -1,0 +1,83 @@
+"""One prediction function for evaluate, MLflow, ONNX and the service.
+
+In: a trained network and the normalisation stats of its training data. Out: a
+``Predictor``, pixels in [0, 1] (B, 1, 28, 28) -> probabilities (B, 10), with
+standardisation and test-time augmentation inside, so every consumer feeds the same raw
+pixels. ``load_predictor`` rebuilds one from a candidate and its safetensors weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pipeline import models
+from pipeline.params import Candidate
+
+
+class Predictor(nn.Module):
+    """Pixels in [0, 1] (B, 1, 28, 28) -> probabilities (B, 10).
+
+    ``tta`` > 0 averages the probabilities over the image and ``tta`` one-pixel shifts.
+    """
+
+    SHIFTS = ((0, 1), (0, -1), (1, 0), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1))
+
+    def __init__(self, net: nn.Module, mean: float, std: float, tta: int = 0):
+        super().__init__()
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
+        self.shifts = self.SHIFTS[:tta]
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.from_standardised((pixels - self.mean) / self.std)
+
+    def from_standardised(self, x: torch.Tensor) -> torch.Tensor:
+        """The same probabilities from input already standardised (the training arrays)."""
+        probs = torch.softmax(self.net(x), dim=1)
+        for dy, dx in self.shifts:
+            probs = probs + torch.softmax(self.net(torch.roll(x, (dy, dx), dims=(2, 3))), dim=1)
+        return probs / (1 + len(self.shifts))
+
+
+@torch.inference_mode()
+def in_batches(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256
+) -> torch.Tensor:
+    """``fn`` (a module, put in eval mode, or a method of one) over (N, ...) in batches:
+    whatever ``fn`` returns (logits from a bare network, probabilities from a Predictor),
+    concatenated."""
+    if isinstance(fn, nn.Module):
+        fn.eval()
+    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def make_predictor(
+    candidate: Candidate, net: nn.Module, stats: dict, channels_last: bool = False
+) -> Predictor:
+    """The candidate's Predictor around ``net``; ``channels_last`` puts a CNN on oneDNN's
+    fast path for batched CPU inference (the same function)."""
+    if channels_last and candidate.is_cnn:
+        net = net.to(memory_format=torch.channels_last)
+    tta = candidate.tta if candidate.is_torch else 0
+    return Predictor(net, stats["mean"], stats["std"], tta=tta).eval()
+
+
+def load_predictor(
+    candidate: Candidate, weights: Path, stats: dict, channels_last: bool = False
+) -> Predictor:
+    """The Predictor of ``candidate`` with the weights a train stage wrote."""
+    net = models.build(candidate)
+    net.load_state_dict(load_file(weights))
+    return make_predictor(candidate, net, stats, channels_last)
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1]: what the service feeds."""
+    return torch.from_numpy(images).float().unsqueeze(1) / 255.0

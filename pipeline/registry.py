@@ -1,0 +1,115 @@
+"""The MLflow Model Registry as the pipeline uses it: versions, the ``champion`` alias
+and its history.
+
+In: a registered model's name, and summary rows (candidate, metrics, MLflow run id).
+Out: registry versions tagged with their candidate, metrics and lineage; the alias,
+moved in one call so it is never missing; and the registered model's
+``champion_history`` tag, which records every move (the last HISTORY_KEEP).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pipeline.errors import StageError
+
+ALIAS = "champion"
+HISTORY_TAG = "champion_history"
+HISTORY_KEEP = 20  # entries; a registry tag holds at most a few kB
+
+
+def client():
+    from mlflow import MlflowClient
+
+    return MlflowClient()
+
+
+def ensure_registered_model(name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_registered_model(name)
+    except MlflowException:
+        client().create_registered_model(
+            name, description="MNIST digit classifier; `champion` is the one served."
+        )
+
+
+def version_for_run(name: str, row: dict, experiment_id: str):
+    """The registry version of this run's model, registered now if it is not yet."""
+    c = client()
+    existing = c.search_model_versions(f"name = '{name}' and run_id = '{row['run_id']}'")
+    if existing:
+        return max(existing, key=lambda v: int(v.version))
+    logged = c.search_logged_models(
+        experiment_ids=[experiment_id], filter_string=f"source_run_id = '{row['run_id']}'"
+    )
+    if not logged:
+        raise StageError(f"run {row['run_id']} ({row['candidate']}) has no logged model")
+    run = c.get_run(row["run_id"])
+    lineage = {
+        k: v for k, v in run.data.tags.items() if k == "git_commit" or k.startswith("data_sha256.")
+    }
+    tags = {
+        "candidate": row["candidate"],
+        "val_accuracy": f"{row['val_accuracy']:.6f}",
+        "test_accuracy": f"{row['test_accuracy']:.6f}",
+        "multiply_adds": str(row["multiply_adds"]),
+        "parameters": str(row["parameters"]),
+        **lineage,
+    }
+    settings = ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))
+    return c.create_model_version(
+        name,
+        source=logged[0].model_uri,
+        run_id=row["run_id"],
+        tags=tags,
+        model_id=logged[0].model_id,
+        description=(
+            f"{row['candidate']}: validation accuracy {row['val_accuracy']:.4f}, "
+            f"test accuracy {row['test_accuracy']:.4f}. Params: {settings}"
+        ),
+    )
+
+
+def current_champion(name: str):
+    """The version the alias points at, or None."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(name, ALIAS)
+    except MlflowException:
+        return None
+
+
+def history(name: str) -> list[dict]:
+    tag = client().get_registered_model(name).tags.get(HISTORY_TAG)
+    return json.loads(tag) if tag else []
+
+
+def move_alias(name: str, version: str, previous: str | None, reason: str) -> None:
+    """Point the alias at ``version`` (one call: never missing) and record why."""
+    c = client()
+    c.set_registered_model_alias(name, ALIAS, version)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    entry = {"version": version, "previous": previous, "reason": reason, "at": at}
+    entries = [*history(name), entry]
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries[-HISTORY_KEEP:]))
+    c.set_model_version_tag(name, version, "promoted_at", at)
+
+
+def rollback(name: str) -> str:
+    """Point the alias back at the champion before the current one; return its version."""
+    entries = history(name)
+    champion = current_champion(name)
+    if (
+        champion is None
+        or not entries
+        or entries[-1]["version"] != champion.version
+        or entries[-1]["previous"] is None
+    ):
+        raise StageError(f"{name}: no previous champion recorded to roll back to")
+    previous = entries[-1]["previous"]
+    move_alias(name, previous, champion.version, f"rollback from version {champion.version}")
+    return previous

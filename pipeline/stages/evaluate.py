@@ -1,0 +1,197 @@
+"""evaluate: the one and only reading of the test split, for one candidate.
+
+In: ``--candidate NAME``; its ``weights.safetensors``, ``iterations.csv``, ``history.csv``
+and ``run.json`` from train; ``test.npz`` from split (raw uint8 pixels, fed through the
+same ``Predictor`` the service uses); ``stats.json``. Out, in ``--out``: ``metrics.json``
+(accuracy, loss, per-class precision/recall/F1), ``confusion.csv`` (one row per test
+digit, for ``dvc plots``' confusion template), ``classes.csv``, ``predictions.npz``
+(labels and probabilities, the reference for serving) and PNGs. All are also logged to
+the candidate's MLflow run.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.decomposition import PCA
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+from pipeline import atomic, cli, inference, models, plots, runtime, tracking
+from pipeline.params import EvaluateParams, MlflowParams, TrainParams, load_section
+
+
+def score(probs: np.ndarray, labels: np.ndarray) -> dict:
+    pred = probs.argmax(1)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        labels, pred, labels=range(10), zero_division=0
+    )
+    loss = F.nll_loss(
+        torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+        torch.from_numpy(labels.astype(np.int64)),
+    ).item()
+    return {
+        "test_accuracy": float((pred == labels).mean()),
+        "test_loss": loss,
+        "test_errors": int((pred != labels).sum()),
+        "n_test": len(labels),
+        "per_class": {
+            str(d): {
+                "precision": float(precision[d]),
+                "recall": float(recall[d]),
+                "f1": float(f1[d]),
+                "support": int(support[d]),
+            }
+            for d in range(10)
+        },
+    }
+
+
+def penultimate(predictor: inference.Predictor, pixels: torch.Tensor) -> np.ndarray:
+    """Features before the last layer (of an ensemble's first member), (N, F), for the
+    2-D embedding."""
+    body = models.members(predictor.net)[0][:-1]
+    with torch.inference_mode():
+        return body((pixels - predictor.mean) / predictor.std).flatten(1).numpy()
+
+
+def write_pictures(
+    name: str,
+    out: Path,
+    predictor,
+    pixels,
+    images,
+    labels,
+    pred,
+    train_dir,
+    grid_size: int,
+    seed: int,
+) -> None:
+    mistakes = np.flatnonzero(pred != labels)[:grid_size]
+    plots.save_digit_grid(
+        images[mistakes],
+        labels[mistakes],
+        pred[mistakes],
+        out / "mistakes.png",
+        f"{name}: misclassified test digits, pred (true)",
+    )
+    sample = np.random.default_rng(seed).choice(
+        len(labels), min(grid_size, len(labels)), replace=False
+    )
+    plots.save_digit_grid(
+        images[sample],
+        labels[sample],
+        pred[sample],
+        out / "samples.png",
+        f"{name}: random test digits, predicted (true if wrong)",
+    )
+    plots.save_confusion(
+        confusion_matrix(labels, pred, labels=range(10)), out / "confusion.png", name
+    )
+    subset = sample if len(sample) >= 500 else np.arange(min(2000, len(labels)))
+    points = PCA(n_components=2, random_state=seed).fit_transform(
+        penultimate(predictor, pixels[subset])
+    )
+    plots.save_embedding(points, labels[subset], out / "embedding.png", name)
+    with open(train_dir / "iterations.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    plots.save_iteration_loss(losses, out / "iterations.png", name)
+    with open(train_dir / "history.csv") as f:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    plots.save_val_correct(
+        rows,
+        out / "val_correct.png",
+        name,
+        int(rows[0]["val_correct"] / max(rows[0]["val_accuracy"], 1e-9) + 0.5),
+    )
+    layers = [
+        m.weight.detach().numpy()
+        for m in models.members(predictor.net)[0]
+        if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))
+    ]
+    plots.save_weight_tiles(layers, out / "weights.png", name)
+
+
+def main(args) -> None:
+    train_params = load_section(args.params, "train", TrainParams)
+    params = load_section(args.params, "evaluate", EvaluateParams)
+    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
+    candidate = train_params.candidate(args.candidate)
+    runtime.set_threads(train_params.threads, candidate)
+    stats = atomic.read_json(args.stats)
+    run = atomic.read_json(args.model / "run.json")
+    predictor = inference.load_predictor(
+        candidate, args.model / "weights.safetensors", stats, channels_last=True
+    )
+    test = atomic.read_npz(args.test)
+    images, labels = test["images"], test["labels"]
+
+    pixels = inference.to_pixels(images)  # (N, 1, 28, 28)
+    started = time.perf_counter()
+    probs = inference.in_batches(predictor, pixels, params.batch_size).numpy()
+    seconds = time.perf_counter() - started
+    pred = probs.argmax(1)
+    metrics = score(probs, labels)
+    out: Path = args.out
+
+    atomic.write_json(out / "metrics.json", metrics)
+    atomic.write_csv(out / "confusion.csv", ["actual", "predicted"], zip(labels, pred, strict=True))
+    atomic.write_csv(
+        out / "classes.csv",
+        ["digit", "precision", "recall", "f1", "support"],
+        [
+            [d, f"{m['precision']:.4f}", f"{m['recall']:.4f}", f"{m['f1']:.4f}", m["support"]]
+            for d, m in metrics["per_class"].items()
+        ],
+    )
+    atomic.write_npz(
+        out / "predictions.npz",
+        labels=pred.astype(np.uint8),
+        probabilities=probs.astype(np.float32),
+    )
+    write_pictures(
+        args.candidate,
+        out,
+        predictor,
+        pixels,
+        images,
+        labels,
+        pred,
+        args.model,
+        params.grid_size,
+        train_params.seed,
+    )
+
+    import mlflow
+
+    tracking.setup(mlflow_params)
+    with mlflow.start_run(run_id=run["run_id"]):
+        mlflow.log_metrics(
+            {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+            | {"eval_seconds": seconds}
+        )
+        for digit, m in metrics["per_class"].items():
+            mlflow.log_metrics({f"test_{k}_{digit}": m[k] for k in ("precision", "recall", "f1")})
+        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+    print(
+        f"evaluate: {args.candidate}: test accuracy {metrics['test_accuracy']:.4f}, "
+        f"loss {metrics['test_loss']:.4f} ({len(labels)} images in {seconds:.2f} s)"
+    )
+
+
+def cli_main(argv=None) -> None:
+    p = cli.parser("evaluate", __doc__)
+    p.add_argument("--candidate", required=True, help="a key of train.candidates")
+    p.add_argument("--model", required=True, type=Path, help="the candidate's train output folder")
+    p.add_argument("--test", required=True, type=Path, help="test.npz from split")
+    p.add_argument("--stats", required=True, type=Path, help="stats.json from normalise")
+    p.add_argument("--out", required=True, type=Path, help="folder for this candidate's reports")
+    cli.run("evaluate", main, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli_main()

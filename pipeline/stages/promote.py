@@ -1,0 +1,134 @@
+"""promote: register the best candidate and move the ``champion`` alias if it wins.
+
+In: ``summary.json`` from summarize (validation and test accuracy, MLflow run id per
+candidate); the ``promote`` and ``mlflow`` params. The choice uses validation accuracy
+only, among the candidates within the serving budget (``promote.max_multiply_adds``):
+the test split plays no part. Out: ``decision.json`` (chosen version, metrics,
+whether the alias moved and why) and, in the MLflow Model Registry, a version of
+``promote.registered_model`` with metrics, params and lineage as tags, and the alias.
+
+Idempotent: the run that is already registered is not registered again, and a
+champion is only replaced by a strictly better one (by ``min_improvement`` or more).
+The alias moves in one registry call, so it is never missing. Each move is appended to
+the registered model's ``champion_history`` tag. ``--rollback`` points ``champion``
+back at the previous champion.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pipeline import atomic, cli, registry, tracking
+from pipeline.errors import StageError
+from pipeline.params import MlflowParams, PromoteParams, load_section
+
+
+def within_budget(row: dict, max_multiply_adds: int | None) -> bool:
+    return max_multiply_adds is None or row["multiply_adds"] <= max_multiply_adds
+
+
+def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
+    """Highest validation accuracy among the candidates within the serving budget; ties go
+    to the alphabetically first name."""
+    if not summary:
+        raise StageError("summary.json lists no candidates")
+    eligible = [r for r in summary.values() if within_budget(r, max_multiply_adds)]
+    if not eligible:
+        cheapest = min(summary.values(), key=lambda r: r["multiply_adds"])
+        raise StageError(
+            f"promote.max_multiply_adds: no candidate fits {max_multiply_adds:,} multiply-adds "
+            f"an image (the cheapest, {cheapest['candidate']}, needs "
+            f"{cheapest['multiply_adds']:,}); raise the budget or enable a smaller candidate"
+        )
+    return min(eligible, key=lambda r: (-r["val_accuracy"], r["candidate"]))
+
+
+def over_budget(summary: dict, max_multiply_adds: int | None) -> list[str]:
+    return sorted(
+        r["candidate"] for r in summary.values() if not within_budget(r, max_multiply_adds)
+    )
+
+
+def decide(new_val: float, champion_val: float | None, min_improvement: float) -> tuple[bool, str]:
+    if champion_val is None:
+        return True, "no champion yet"
+    gain = new_val - champion_val
+    if gain > 0 and gain >= min_improvement:
+        return True, f"validation accuracy {new_val:.4f} beats {champion_val:.4f} by {gain:+.4f}"
+    return False, (
+        f"validation accuracy {new_val:.4f} does not beat the champion's "
+        f"{champion_val:.4f} by at least {min_improvement}"
+    )
+
+
+def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
+    name = params.registered_model
+    row = best_candidate(summary, params.max_multiply_adds)
+    registry.ensure_registered_model(name)
+    version = registry.version_for_run(name, row, experiment_id)
+    champion = registry.current_champion(name)
+    if champion is not None and champion.version == version.version:
+        moved, reason = False, "already the champion"
+    else:
+        champion_val = float(champion.tags["val_accuracy"]) if champion else None
+        moved, reason = decide(row["val_accuracy"], champion_val, params.min_improvement)
+        if moved:
+            registry.move_alias(
+                name, version.version, champion.version if champion else None, reason
+            )
+    served = registry.current_champion(name)
+    return {
+        "registered_model": name,
+        "candidate": row["candidate"],
+        "version": version.version,
+        "run_id": row["run_id"],
+        "val_accuracy": row["val_accuracy"],
+        "test_accuracy": row["test_accuracy"],
+        "alias": registry.ALIAS,
+        "alias_moved": moved,
+        "reason": reason,
+        "champion_version": served.version,
+        "champion_candidate": served.tags.get("candidate"),
+        "champion_run_id": served.run_id,
+        "max_multiply_adds": params.max_multiply_adds,
+        "over_budget": over_budget(summary, params.max_multiply_adds),
+    }
+
+
+def main(args) -> None:
+    params = load_section(args.params, "promote", PromoteParams)
+    experiment_id = tracking.setup(load_section(args.params, "mlflow", MlflowParams))
+    if args.rollback:
+        version = registry.rollback(params.registered_model)
+        print(f"promote: {params.registered_model}@{registry.ALIAS} is now version {version}")
+        return
+    if args.summary is None or args.out is None:
+        raise StageError("--summary and --out are required unless --rollback")
+    decision = promote(atomic.read_json(args.summary), params, experiment_id)
+    atomic.write_json(args.out, decision)
+    if decision["over_budget"]:
+        print(
+            f"promote: over the serving budget of {params.max_multiply_adds:,} multiply-adds "
+            f"an image, so not eligible: {', '.join(decision['over_budget'])}"
+        )
+    verb = "moved to" if decision["alias_moved"] else "stays on"
+    print(
+        f"promote: best candidate {decision['candidate']} (version {decision['version']}); "
+        f"{registry.ALIAS} {verb} version {decision['champion_version']}: {decision['reason']}"
+    )
+
+
+def cli_main(argv=None) -> None:
+    p = cli.parser("promote", __doc__)
+    p.add_argument("--summary", type=Path, help="summary.json from summarize")
+    p.add_argument("--out", type=Path, help="decision.json to write")
+    p.add_argument(
+        "--rollback",
+        action="store_true",
+        help="point the champion alias back at the previous champion and exit",
+    )
+    cli.run("promote", main, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli_main()
