@@ -11,13 +11,17 @@ export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 
-.PHONY: install run test lint bench reproduce ui clean system-tools
+.PHONY: install run test lint bench reproduce serve ui clean system-tools stack-up stack-down
 
-# Debian packages the browser tests and the load benchmark drive (as root, e.g. in CI).
+# Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
+# wrk for the load benchmark, PostgreSQL for the team stack.
+DEBIAN_TOOLS := chromium wrk postgresql
 system-tools:
-	@command -v chromium >/dev/null && command -v wrk >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium wrk >/dev/null; \
-	  else echo "please install chromium and wrk (Debian: apt-get install chromium wrk)"; fi; }
+	@command -v chromium >/dev/null && command -v wrk >/dev/null && \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
+	  else echo "please install $(DEBIAN_TOOLS) (Debian: apt-get install $(DEBIAN_TOOLS))"; fi; }
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -42,6 +46,18 @@ bench: install system-tools  ## speed figures, written to docs/performance.md
 reproduce: install      ## the R1-R5 reproduction table (docs/reproduction.md), several seeds
 	dvc repro normalise
 	$(PY) -m bench.reproduce
+
+stack-up: install system-tools  ## a team's tracking stack on 127.0.0.1: PostgreSQL, S3, mlflow server
+	$(PY) -m deploy.stack up
+
+stack-down: install     ## stop it (its data stays in .stack/ for the next stack-up)
+	$(PY) -m deploy.stack down
+
+# The Bento the package stage built: serve it by its tag, not by `latest`.
+BENTO_TAG = $(shell $(PY) -c 'import json; print(json.load(open("reports/package/bento.json"))["bento"])' 2>/dev/null)
+serve: install          ## serve the Bento of reports/package/bento.json at http://127.0.0.1:3000
+	@test -n "$(BENTO_TAG)" || { echo "no Bento built yet: make run"; exit 1; }
+	bentoml serve $(BENTO_TAG) --host 127.0.0.1 --port 3000
 
 ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000
 	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

@@ -16,26 +16,24 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from functools import partial
 from pathlib import Path
 
 import torch
-import yaml
 
 from bench.report import Report, timed
 from pipeline import inference, models, runtime, training
 from pipeline.params import EvaluateParams, FetchParams, SplitParams, TrainParams, load_section
 from pipeline.stages import fetch, normalise, split
+from tests.support.mnist import mirror
+from tests.support.project import new_project
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"
 SECTION = "Pipeline"
-PROJECT_FILES = ["pipeline", "serving", "dvc.yaml", "params.yaml", ".dvcignore", ".gitignore"]
 
 
 def bench_fetch(report: Report, tmp: Path) -> dict:
@@ -61,47 +59,27 @@ def bench_fetch(report: Report, tmp: Path) -> dict:
     return data | {"test_pixels": inference.to_pixels(parts["test"][0])}
 
 
-def run(cmd: list[str], cwd: Path, env: dict) -> float:
-    seconds, _ = timed(
-        lambda: subprocess.run(cmd, cwd=cwd, env=env, check=True, capture_output=True)
-    )
-    return seconds
+def only_mlp128(params: dict) -> dict:
+    """The full data set, one candidate."""
+    params["train"]["enabled"] = ["mlp128"]
+    return params
 
 
 def bench_repro(report: Report, tmp: Path) -> None:
-    project = tmp / "project"
-    project.mkdir()
-    for name in PROJECT_FILES:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, project / name, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, project / name)
-    shutil.copytree(ROOT / ".dvc", project / ".dvc", ignore=shutil.ignore_patterns("tmp", "cache"))
-    params = yaml.safe_load(PARAMS.read_text())
-    params["train"]["enabled"] = ["mlp128"]
-    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "BENTOML_HOME": str(tmp / "bentoml"),
-    }
-    env.pop("MLFLOW_TRACKING_URI", None)
-    for cmd in (
-        ["git", "init", "-q"],
-        ["git", "add", "-A"],
-        ["git", "-c", "user.name=b", "-c", "user.email=b@b", "commit", "-qm", "b"],
-    ):
-        subprocess.run(cmd, cwd=project, check=True, capture_output=True)
-    full = run(["dvc", "repro"], project, env)
+    project = new_project(tmp / "project", mirror(), profile=only_mlp128)
+
+    def run(*cmd: str) -> float:
+        return timed(lambda: project.run(*cmd))[0]
+
+    full = run("dvc", "repro")
     report.row(
         SECTION,
         "full `dvc repro`, 60,000 images, mlp128, promote and package included",
         f"{full:.1f} s",
         "≤ 90 s",
     )
-    noop = statistics.median(run(["dvc", "repro"], project, env) for _ in range(5))
-    baseline = statistics.median(run(["dvc", "version"], project, env) for _ in range(5))
+    noop = statistics.median(run("dvc", "repro") for _ in range(5))
+    baseline = statistics.median(run("dvc", "version") for _ in range(5))
     report.row(SECTION, "no-op `dvc repro` (median of 5)", f"{noop:.2f} s", "≤ 1.5 s")
     report.row(
         SECTION,

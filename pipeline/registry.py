@@ -25,6 +25,20 @@ def client():
     return MlflowClient()
 
 
+def has_model(name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client().get_registered_model(name)
+    except MlflowException:
+        return False
+    return True
+
+
+LINEAGE_TAGS = ("git_commit", "user", "host", "dvc_exp_name", "dvc_exp_baseline_rev")
+LINEAGE_PREFIXES = ("data_sha256.", "dvc_md5.")
+
+
 def ensure_registered_model(name: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -49,7 +63,9 @@ def version_for_run(name: str, row: dict, experiment_id: str):
         raise StageError(f"run {row['run_id']} ({row['candidate']}) has no logged model")
     run = c.get_run(row["run_id"])
     lineage = {
-        k: v for k, v in run.data.tags.items() if k == "git_commit" or k.startswith("data_sha256.")
+        k: v
+        for k, v in run.data.tags.items()
+        if k in LINEAGE_TAGS or k.startswith(LINEAGE_PREFIXES)
     }
     tags = {
         "candidate": row["candidate"],

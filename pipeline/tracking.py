@@ -1,35 +1,52 @@
 """MLflow and lineage helpers shared by train, evaluate, promote and package.
 
-The default store is a SQLite file at the project root, resolved to an absolute path
-so that ``dvc exp run`` (which may run in a copy under ``.dvc/tmp/exps``) logs into the
-same store; MLFLOW_TRACKING_URI overrides it (a tracking server, another file).
+The default store is a SQLite file at the project root, resolved to an absolute path so
+that a queued or ``--temp`` DVC experiment (which runs in a copy under
+``.dvc/tmp/exps``) logs into the workspace's store; MLFLOW_TRACKING_URI overrides it (a
+tracking server, another file). Every run is tagged with where it came from: git
+commit, DVC experiment, user and host, and the sha256 of the data it read.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import os
+import socket
 import subprocess
 from pathlib import Path
 
 from pipeline.params import MlflowParams
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+# Seconds a writer waits for SQLite's lock before "database is locked": experiments
+# queued with `dvc queue start -j N` write to one file at once.
+SQLITE_LOCK_TIMEOUT_S = 120
 
 
-def project_root(start: Path = PACKAGE_ROOT) -> Path:
-    """The repository root, also when running inside a DVC experiment's temp copy."""
-    parts = start.parts
-    for i in range(len(parts) - 2):
-        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
-            return Path(*parts[:i])
-    return start
+def project_root() -> Path:
+    """The workspace's root: DVC sets DVC_ROOT to it for every stage, also inside an
+    experiment's temporary copy; outside DVC, the repository this code lives in."""
+    return Path(os.environ.get("DVC_ROOT") or PACKAGE_ROOT).resolve()
+
+
+def in_workspace() -> bool:
+    """False inside a queued or ``--temp`` experiment's temporary copy of the repository,
+    where nothing shared (the champion alias, the served Bento) may change."""
+    root = os.environ.get("DVC_ROOT")
+    return root is None or Path(root).resolve() == Path.cwd().resolve()
+
+
+def dvc_experiment() -> dict[str, str]:
+    """The DVC experiment a stage runs in (DVC sets these for `dvc exp run`), or {}."""
+    names = {"DVC_EXP_NAME": "dvc_exp_name", "DVC_EXP_BASELINE_REV": "dvc_exp_baseline_rev"}
+    return {tag: os.environ[env] for env, tag in names.items() if os.environ.get(env)}
 
 
 def tracking_uri(params: MlflowParams) -> str:
     if uri := os.environ.get("MLFLOW_TRACKING_URI"):
         return uri
-    return f"sqlite:///{project_root() / params.store}"
+    return f"sqlite:///{project_root() / params.store}?timeout={SQLITE_LOCK_TIMEOUT_S}"
 
 
 def setup(params: MlflowParams) -> str:
@@ -71,10 +88,32 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def lineage_tags(files: dict[str, Path]) -> dict[str, str]:
-    """Tags that tie a run to its code and data: git commit and one sha256 per file."""
-    tags = {"git_commit": git_commit()}
-    tags.update({f"data_sha256.{name}": sha256_file(path) for name, path in files.items()})
+def dvc_md5(path: Path, lock: Path = Path("dvc.lock")) -> str | None:
+    """The hash DVC recorded in ``lock`` for the output ``path`` (a folder's ends in
+    ``.dir``), which names its content in any DVC cache or remote; None if not tracked."""
+    import yaml
+
+    try:
+        stages = yaml.safe_load(lock.read_text()).get("stages", {})
+    except (OSError, AttributeError, yaml.YAMLError):
+        return None
+    wanted = os.path.normpath(path)
+    for stage in stages.values():
+        for out in stage.get("outs", []):
+            if os.path.normpath(out["path"]) == wanted:
+                return out.get("md5")
+    return None
+
+
+def lineage_tags(files: dict[str, Path], dvc_outs: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Tags that tie a run to its code, its data and who ran it where: git commit, DVC
+    experiment, user, host, one sha256 per file and DVC's hash of each of ``dvc_outs``."""
+    tags = {"git_commit": git_commit(), "user": getpass.getuser(), "host": socket.gethostname()}
+    tags |= dvc_experiment()
+    tags |= {f"data_sha256.{name}": sha256_file(path) for name, path in files.items()}
+    for out in dvc_outs:
+        if md5 := dvc_md5(out):
+            tags[f"dvc_md5.{out.as_posix()}"] = md5
     return tags
 
 

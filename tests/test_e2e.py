@@ -165,9 +165,26 @@ def test_changing_one_candidates_lr_reruns_only_its_train_and_evaluate(project, 
 
 
 def test_dvc_exp_run_and_show(project, first_repro):
-    project.run("git", "add", "-A")
-    project.run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run")
+    project.commit("run")
     project.run("dvc", "exp", "run", "-S", "train.candidates.mlp128.lr=0.01", "-n", "lr01")
     shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
     text = json.dumps(shown)
     assert "lr01" in text and "0.01" in text and "test_accuracy" in text
+
+
+def test_queued_experiments_share_the_sqlite_store_two_at_a_time(project, first_repro):
+    """Two experiments in temporary copies write to the workspace's mlflow.db at once:
+    both finish (SQLite waits for its lock instead of failing) and both runs are there."""
+    from mlflow.tracking import MlflowClient
+
+    from tests.support.experiments import run_queue
+
+    experiments = run_queue(project, ["0.0007", "0.0015"], jobs=2)
+    assert len(experiments) == 2
+    assert all(rev["state"] == "success" for rev in experiments.values()), experiments
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert set(experiments) <= {r.data.tags.get("dvc_exp_name") for r in runs}
+    for run in runs:
+        if run.data.tags.get("dvc_exp_name") in experiments:
+            assert run.info.status == "FINISHED" and "test_accuracy" in run.data.metrics

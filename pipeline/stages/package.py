@@ -1,16 +1,23 @@
 """package: the champion to ONNX, checked, stored in BentoML and built into a Bento.
 
-In: ``decision.json`` from promote (which registry version is ``champion``); the
-champion's run artifacts in MLflow (weights, candidate settings, normalisation stats);
-``test.npz`` from split. Out, in ``--out``: ``model.onnx`` (pixels in [0, 1]
-(N, 1, 28, 28) -> probabilities (N, 10), standardisation and TTA inside the graph),
-``model_card.md``, ``bentofile.yaml`` and ``bento.json`` (the BentoML model and Bento
-tags). The stage stops, before storing anything, if ONNX Runtime and torch disagree on
-any of the test images (argmax) or by 1e-5 or more in any probability.
+In: ``decision.json`` from promote; the champion's run artifacts in MLflow (weights,
+candidate settings, normalisation stats), fetched from the registry's ``champion``
+alias (the truth, also after a rollback); ``test.npz`` from split. Out, in ``--out``:
+``model.onnx`` (pixels in [0, 1] (N, 1, 28, 28) -> probabilities (N, 10),
+standardisation and TTA inside the graph), ``model_card.md``, ``bentofile.yaml`` and
+``bento.json`` (the BentoML model and Bento tags: serve the Bento by that tag). The
+stage stops, before storing anything, if ONNX Runtime and torch disagree on any test
+image (argmax) or by 1e-5 or more in any probability.
+
+A champion already packaged with the same service code keeps its Bento: `latest` moves
+only when a new champion (or new service code) is packaged. Inside a queued or
+``--temp`` DVC experiment the stage exports and checks the candidate promote chose,
+writes the card, and stores and builds nothing (``"applied": false`` in bento.json).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -29,13 +36,14 @@ from pipeline.params import (
     candidate_from_logged,
     load_section,
 )
-from serving.contract import store_model
+from serving.contract import MODEL_NAME, store_model
 
-BENTOFILE = Path(__file__).resolve().parents[2] / "serving" / "bentofile.yaml"
+ROOT = Path(__file__).resolve().parents[2]  # the build context: bentofile paths start here
+BENTOFILE = ROOT / "serving" / "bentofile.yaml"
 
 
-def champion_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path]:
-    """Download the champion's weights and settings from its MLflow run."""
+def run_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path]:
+    """Download a run's weights and settings (what the train stage logged)."""
     import mlflow
 
     train_dir = Path(
@@ -44,11 +52,18 @@ def champion_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path]:
         )
     )
     candidate = candidate_from_logged(json.loads((train_dir / "candidate.json").read_text()))
-    return (
-        candidate,
-        json.loads((train_dir / "stats.json").read_text()),
-        train_dir / "weights.safetensors",
-    )
+    stats = json.loads((train_dir / "stats.json").read_text())
+    return candidate, stats, train_dir / "weights.safetensors"
+
+
+def exported(run_id: str, test: Path) -> tuple[bytes, dict, dict]:
+    """(ONNX bytes, the ONNX-equals-torch check, normalisation stats) of a run's model."""
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate, stats, weights = run_files(run_id, Path(tmp))
+        predictor = inference.load_predictor(candidate, weights, stats)
+    onnx_bytes = export.export_onnx(predictor)
+    pixels = inference.to_pixels(atomic.read_npz(test)["images"])
+    return onnx_bytes, export.check_onnx(onnx_bytes, predictor, pixels), stats
 
 
 def model_card(info: dict, check: dict) -> str:
@@ -76,13 +91,56 @@ out of scope and still get a confident-looking answer. Probabilities are not cal
 """
 
 
-def build_bento(model_tag: str, card: Path, out: Path) -> str:
-    """``bentoml build`` with the model card as description; returns the Bento tag."""
-    context = BENTOFILE.parent.parent  # the repository root: paths in the bentofile start here
+def source_digest() -> str:
+    """sha256 over the files the Bento ships (serving/bentofile.yaml's include)."""
     config = yaml.safe_load(BENTOFILE.read_text())
-    config["description"] = f"file: ./{os.path.relpath(card.resolve(), context)}"
+    files = sorted(
+        path
+        for pattern in config["include"]
+        for path in ROOT.glob(pattern)
+        if path.is_file() and "__pycache__" not in path.parts
+    )
+    digest = hashlib.sha256(BENTOFILE.read_bytes())
+    for path in files:
+        digest.update(path.relative_to(ROOT).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def labelled(listing, name: str, labels: dict[str, str]):
+    """The newest item named ``name`` in a BentoML store listing (``bentoml.models.list``
+    or ``bentoml.bentos.list``) that carries all of ``labels``, or None."""
+    from bentoml.exceptions import NotFound
+
+    try:
+        items = listing(name)
+    except NotFound:  # nothing of that name stored yet
+        return None
+    matching = [i for i in items if labels.items() <= (i.info.labels or {}).items()]
+    return max(matching, key=lambda i: i.info.creation_time, default=None)
+
+
+def stored_model(onnx_bytes: bytes, info: dict, labels: dict[str, str]):
+    """The BentoML model for this ONNX file and registry version: reused if stored."""
+    import bentoml
+
+    return labelled(bentoml.models.list, MODEL_NAME, labels) or store_model(
+        onnx_bytes, info, labels=labels
+    )
+
+
+def build_bento(model_tag: str, card: Path, out: Path, labels: dict[str, str]) -> str:
+    """``bentoml build`` with the model card as description, unless a Bento of this
+    model and this source exists; returns the Bento's tag."""
+    import bentoml
+
+    config = yaml.safe_load(BENTOFILE.read_text())
+    existing = labelled(bentoml.bentos.list, config["name"], labels)
+    config["description"] = f"file: ./{os.path.relpath(card.resolve(), ROOT)}"
+    config["labels"] = {**config.get("labels", {}), **labels}
     bentofile = out / "bentofile.yaml"
     atomic.write_text(bentofile, yaml.safe_dump(config, sort_keys=False))
+    if existing is not None:
+        return str(existing.tag)
     result = subprocess.run(
         [
             sys.executable,
@@ -93,7 +151,7 @@ def build_bento(model_tag: str, card: Path, out: Path) -> str:
             str(bentofile),
             "--output",
             "tag",
-            str(context),
+            str(ROOT),
         ],
         env={**os.environ, "MNIST_MODEL_TAG": model_tag},
         capture_output=True,
@@ -101,32 +159,13 @@ def build_bento(model_tag: str, card: Path, out: Path) -> str:
     )
     if result.returncode != 0:
         raise StageError(f"bentoml build failed:\n{result.stdout}\n{result.stderr}")
-    tag = result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
-    return tag
+    return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
-def main(args) -> None:
-    promote_params = load_section(args.params, "promote", PromoteParams)
-    tracking.setup(load_section(args.params, "mlflow", MlflowParams))
-    name = promote_params.registered_model
-    version = registry.current_champion(name)
-    if version is None:
-        raise StageError(f"{name} has no {registry.ALIAS} alias yet: run the promote stage")
-    decided = str(atomic.read_json(args.decision)["champion_version"])
-    if str(version.version) != decided:  # the alias is the truth: serving follows it
-        print(
-            f"package: the champion alias is on version {version.version}, not on promote's "
-            f"version {decided} (moved since, e.g. by --rollback): packaging "
-            f"version {version.version}"
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        candidate, stats, weights = champion_files(version.run_id, Path(tmp))
-        predictor = inference.load_predictor(candidate, weights, stats)
-    onnx_bytes = export.export_onnx(predictor)
-    pixels = inference.to_pixels(atomic.read_npz(args.test)["images"])
-    check = export.check_onnx(onnx_bytes, predictor, pixels)
+def info_of(name: str, version, stats: dict) -> dict:
+    """What the service's /model_info says about the packaged registry version."""
     run = registry.client().get_run(version.run_id)
-    info = {
+    return {
         "registry_model": name,
         "registry_version": str(version.version),
         "alias": registry.ALIAS,
@@ -140,29 +179,90 @@ def main(args) -> None:
         },
         "normalisation": stats,
     }
-    out: Path = args.out
+
+
+def record(decision: dict, test: Path, out: Path) -> None:
+    """In an experiment's temporary copy: export and check what promote chose, store
+    and build nothing."""
+    onnx_bytes, check, _ = exported(decision["run_id"], test)
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
-    atomic.write_text(out / "model_card.md", model_card(info, check))
-    model_ref = store_model(
-        onnx_bytes,
-        info,
-        labels={"candidate": info["candidate"], "registry_version": info["registry_version"]},
+    atomic.write_text(
+        out / "model_card.md",
+        f"""# An experiment's candidate: {decision["candidate"]}
+
+Not packaged: built inside a DVC experiment's temporary copy, where nothing shared may
+change. MLflow run `{decision["run_id"]}`: validation accuracy
+{decision["val_accuracy"]:.4f}, test accuracy {decision["test_accuracy"]:.4f}. ONNX Runtime
+agrees with torch on all {check["images"]} test images.
+""",
     )
-    bento_tag = build_bento(str(model_ref.tag), out / "model_card.md", out)
+    atomic.write_text(out / "bentofile.yaml", BENTOFILE.read_text())
     atomic.write_json(
         out / "bento.json",
         {
+            "applied": False,
+            "bento": None,
+            "model": None,
+            "candidate": decision["candidate"],
+            "run_id": decision["run_id"],
+            "onnx_check": check,
+            "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        },
+    )
+    print(
+        f"package: in an experiment's temporary copy: {decision['candidate']} exported and "
+        f"checked (ONNX == torch on {check['images']} test images); no Bento built"
+    )
+
+
+def main(args) -> None:
+    promote_params = load_section(args.params, "promote", PromoteParams)
+    tracking.setup(load_section(args.params, "mlflow", MlflowParams))
+    decision = atomic.read_json(args.decision)
+    out: Path = args.out
+    if not tracking.in_workspace():
+        record(decision, args.test, out)
+        return
+    name = promote_params.registered_model
+    version = registry.current_champion(name)
+    if version is None:
+        raise StageError(f"{name} has no {registry.ALIAS} alias yet: run the promote stage")
+    if str(version.version) != str(decision.get("champion_version")):
+        print(
+            f"package: the champion alias is on version {version.version}, not on promote's "
+            f"version {decision.get('champion_version')} (moved since, e.g. by --rollback): "
+            f"packaging version {version.version}"
+        )
+    onnx_bytes, check, stats = exported(version.run_id, args.test)
+    onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
+    info = info_of(name, version, stats) | {"onnx_sha256": onnx_sha256}
+    atomic.write_bytes(out / "model.onnx", onnx_bytes)
+    atomic.write_text(out / "model_card.md", model_card(info, check))
+    labels = {
+        "candidate": info["candidate"],
+        "registry_version": info["registry_version"],
+        "onnx_sha256": onnx_sha256,
+    }
+    model_ref = stored_model(onnx_bytes, info, labels)
+    bento_labels = {"model": str(model_ref.tag), "source_sha256": source_digest()}
+    bento_tag = build_bento(str(model_ref.tag), out / "model_card.md", out, bento_labels)
+    atomic.write_json(
+        out / "bento.json",
+        {
+            "applied": True,
             "bento": bento_tag,
             "model": str(model_ref.tag),
             "registry_version": info["registry_version"],
             "candidate": info["candidate"],
+            "onnx_sha256": onnx_sha256,
             "onnx_check": check,
         },
     )
     print(
         f"package: {name} v{version.version} ({info['candidate']}) -> model {model_ref.tag}, "
         f"bento {bento_tag}; ONNX == torch on {check['images']} test images "
-        f"(max diff {check['max_probability_diff']:.1e})"
+        f"(max diff {check['max_probability_diff']:.1e}). Serve it by its tag: "
+        f"bentoml serve {bento_tag}"
     )
 
 

@@ -12,6 +12,11 @@ champion is only replaced by a strictly better one (by ``min_improvement`` or mo
 The alias moves in one registry call, so it is never missing. Each move is appended to
 the registered model's ``champion_history`` tag. ``--rollback`` points ``champion``
 back at the previous champion.
+
+Promotion happens only in the workspace. Inside a queued or ``--temp`` DVC experiment
+(a temporary copy of the repository) the stage records what it would do, reading the
+registry but changing nothing: ``decision.json`` says ``"applied": false``. After
+``dvc exp apply``, ``dvc repro --force promote`` promotes the applied winner.
 """
 
 from __future__ import annotations
@@ -61,6 +66,38 @@ def decide(new_val: float, champion_val: float | None, min_improvement: float) -
     )
 
 
+def champion_val(champion) -> float | None:
+    return float(champion.tags["val_accuracy"]) if champion else None
+
+
+def record(summary: dict, params: PromoteParams) -> dict:
+    """What promote would do, with nothing registered and the alias untouched."""
+    name = params.registered_model
+    row = best_candidate(summary, params.max_multiply_adds)
+    champion = registry.current_champion(name) if registry.has_model(name) else None
+    if champion is not None and champion.run_id == row["run_id"]:
+        would_move, reason = False, "already the champion"
+    else:
+        would_move, reason = decide(
+            row["val_accuracy"], champion_val(champion), params.min_improvement
+        )
+    return {
+        "applied": False,
+        "dvc_experiment": tracking.dvc_experiment().get("dvc_exp_name"),
+        "registered_model": name,
+        "candidate": row["candidate"],
+        "run_id": row["run_id"],
+        "val_accuracy": row["val_accuracy"],
+        "test_accuracy": row["test_accuracy"],
+        "alias": registry.ALIAS,
+        "would_move_alias": would_move,
+        "reason": reason,
+        "champion_version": champion.version if champion else None,
+        "max_multiply_adds": params.max_multiply_adds,
+        "over_budget": over_budget(summary, params.max_multiply_adds),
+    }
+
+
 def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     name = params.registered_model
     row = best_candidate(summary, params.max_multiply_adds)
@@ -70,14 +107,14 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     if champion is not None and champion.version == version.version:
         moved, reason = False, "already the champion"
     else:
-        champion_val = float(champion.tags["val_accuracy"]) if champion else None
-        moved, reason = decide(row["val_accuracy"], champion_val, params.min_improvement)
+        moved, reason = decide(row["val_accuracy"], champion_val(champion), params.min_improvement)
         if moved:
             registry.move_alias(
                 name, version.version, champion.version if champion else None, reason
             )
     served = registry.current_champion(name)
     return {
+        "applied": True,
         "registered_model": name,
         "candidate": row["candidate"],
         "version": version.version,
@@ -104,13 +141,26 @@ def main(args) -> None:
         return
     if args.summary is None or args.out is None:
         raise StageError("--summary and --out are required unless --rollback")
-    decision = promote(atomic.read_json(args.summary), params, experiment_id)
+    summary = atomic.read_json(args.summary)
+    if tracking.in_workspace():
+        decision = promote(summary, params, experiment_id)
+    else:
+        decision = record(summary, params)
     atomic.write_json(args.out, decision)
     if decision["over_budget"]:
         print(
             f"promote: over the serving budget of {params.max_multiply_adds:,} multiply-adds "
             f"an image, so not eligible: {', '.join(decision['over_budget'])}"
         )
+    if not decision["applied"]:
+        verb = "would move to it" if decision["would_move_alias"] else "would stay"
+        print(
+            f"promote: in experiment {decision['dvc_experiment']} (a temporary copy): best "
+            f"candidate {decision['candidate']}; {registry.ALIAS} {verb}: "
+            f"{decision['reason']}. Nothing registered; after `dvc exp apply`, "
+            "`dvc repro --force promote` promotes it"
+        )
+        return
     verb = "moved to" if decision["alias_moved"] else "stays on"
     print(
         f"promote: best candidate {decision['candidate']} (version {decision['version']}); "

@@ -87,7 +87,9 @@ def main(args) -> None:
     import mlflow
 
     experiment_id = tracking.setup(mlflow_params)
-    lineage = tracking.lineage_tags({n: args.data / f"{n}.npz" for n in ("train", "val")})
+    lineage = tracking.lineage_tags(
+        {n: args.data / f"{n}.npz" for n in ("train", "val")}, dvc_outs=(args.data,)
+    )
     tags = {"candidate": args.candidate, "arch": c.arch, **lineage}
     with mlflow.start_run(experiment_id=experiment_id, run_name=args.candidate, tags=tags) as run:
         mlflow.log_params(flat_params(args.candidate, c, params.seed, data) | {"threads": threads})

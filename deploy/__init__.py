@@ -1,0 +1,1 @@
+"""Running the project for a team: the tracking stack (stack.py)."""

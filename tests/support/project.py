@@ -1,0 +1,115 @@
+"""A real copy of the project in a temporary folder: its own git repository, a small data
+profile, and commands (dvc, git, bentoml) run inside it, for the end-to-end tests and the
+benchmarks.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class CommandFailed(AssertionError):
+    """A command run in the project exited non-zero; the message holds its output."""
+
+
+PROJECT_FILES = [
+    "pipeline",
+    "serving",
+    "dvc.yaml",
+    "params.yaml",
+    ".dvc/config",
+    ".dvcignore",
+    ".gitignore",
+]
+ENABLED = ["mlp128", "cnn_fast"]
+
+
+def small_profile(params: dict) -> dict:
+    """2,000 training, 1,000 validation and 1,000 test images; two short candidates."""
+    params["split"].update(val_size=1000, train_limit=2000, test_limit=1000)
+    params["train"]["enabled"] = ENABLED
+    for name in ENABLED:
+        params["train"]["candidates"][name].update(epochs=2, train_size=None)
+    return params
+
+
+class Project:
+    """A copy of the repository in its own git repo, with commands run inside it."""
+
+    def __init__(self, path: Path, env: dict):
+        self.path, self.env = path, env
+        self.repro_result = None
+
+    def run(self, *args: str, check: bool = True, env: dict | None = None):
+        result = subprocess.run(
+            args, cwd=self.path, env=env or self.env, capture_output=True, text=True, timeout=1200
+        )
+        if check and result.returncode != 0:
+            raise CommandFailed(
+                f"{' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def commit(self, message: str) -> None:
+        """Commit everything (git ignores what .gitignore says, DVC's outputs among them)."""
+        self.run("git", "add", "-A")
+        self.run(
+            "git",
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            message,
+            check=False,
+        )  # nothing to commit is fine
+
+    @staticmethod
+    def stages_run(result) -> list[str]:
+        return [
+            line.split("'")[1]
+            for line in result.stdout.splitlines()
+            if line.startswith("Running stage")
+        ]
+
+    def params(self) -> dict:
+        return yaml.safe_load((self.path / "params.yaml").read_text())
+
+    def write_params(self, params: dict) -> None:
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def new_project(path: Path, mirror: Path, profile=small_profile) -> Project:
+    """A copy of the repository's pipeline in ``path``, its own git repo, with ``profile``
+    applied to its params."""
+    for name in PROJECT_FILES:
+        src, dst = ROOT / name, path / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "MNIST_MIRROR": str(mirror),
+        # Outside the repository, as a user's ~/bentoml is: neither git nor DVC sees it.
+        "BENTOML_HOME": str(path.parent / f"{path.name}-bentoml"),
+    }
+    # Set by other test modules' fixtures; a user's shell has neither.
+    for name in ("MLFLOW_TRACKING_URI", "MNIST_MODEL_TAG", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(name, None)
+    project = Project(path, env)
+    project.write_params(profile(project.params()))
+    project.run("git", "init", "-q")
+    project.commit("init")
+    return project
