@@ -217,6 +217,7 @@ class EvaluateParams(Section):
 class MlflowParams(Section):
     experiment: str = Field(min_length=1)
     store: str = Field(min_length=1)  # relative to the project root; MLFLOW_TRACKING_URI wins
+    system_metrics: bool  # log CPU, memory (and GPU) use in each training run
 
 
 class PromoteParams(Section):

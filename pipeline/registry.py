@@ -89,6 +89,14 @@ def version_for_run(name: str, row: dict, experiment_id: str):
     )
 
 
+def describe(name: str, version: str, card: str) -> None:
+    """The model card as the description of a packaged version and, since that version
+    is the one served, of the registered model."""
+    c = client()
+    c.update_model_version(name, version, description=card)
+    c.update_registered_model(name, description=card)
+
+
 def current_champion(name: str):
     """The version the alias points at, or None."""
     from mlflow.exceptions import MlflowException

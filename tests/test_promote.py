@@ -17,7 +17,9 @@ def store(tmp_path_factory):
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
     mp = pytest.MonkeyPatch()
     mp.setenv("MLFLOW_TRACKING_URI", uri)
-    experiment_id = tracking.setup(MlflowParams(experiment="promote-test", store="unused.db"))
+    experiment_id = tracking.setup(
+        MlflowParams(experiment="promote-test", store="unused.db", system_metrics=False)
+    )
     yield experiment_id
     mp.undo()
 

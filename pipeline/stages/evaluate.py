@@ -6,7 +6,8 @@ same ``Predictor`` the service uses); ``stats.json``. Out, in ``--out``: ``metri
 (accuracy, loss, per-class precision/recall/F1), ``confusion.csv`` (one row per test
 digit, for ``dvc plots``' confusion template), ``classes.csv``, ``predictions.npz``
 (labels and probabilities, the reference for serving) and PNGs. All are also logged to
-the candidate's MLflow run.
+the candidate's MLflow run, whose end time then covers its training and this evaluation
+(see tracking.log_evaluation).
 """
 
 from __future__ import annotations
@@ -117,6 +118,7 @@ def write_pictures(
 
 
 def main(args) -> None:
+    stage_started = time.perf_counter()
     train_params = load_section(args.params, "train", TrainParams)
     params = load_section(args.params, "evaluate", EvaluateParams)
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
@@ -166,17 +168,14 @@ def main(args) -> None:
         train_params.seed,
     )
 
-    import mlflow
-
     tracking.setup(mlflow_params)
-    with mlflow.start_run(run_id=run["run_id"]):
-        mlflow.log_metrics(
-            {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-            | {"eval_seconds": seconds}
-        )
-        for digit, m in metrics["per_class"].items():
-            mlflow.log_metrics({f"test_{k}_{digit}": m[k] for k in ("precision", "recall", "f1")})
-        mlflow.log_artifacts(str(out), artifact_path="evaluate")
+    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
+    tracking.log_evaluation(
+        run,
+        scalars | {"eval_seconds": seconds},
+        out,
+        stage_seconds=time.perf_counter() - stage_started,
+    )
     print(
         f"evaluate: {args.candidate}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"loss {metrics['test_loss']:.4f} ({len(labels)} images in {seconds:.2f} s)"

@@ -77,11 +77,11 @@ MLflow run `{info["run_id"]}`, git commit `{info["git_commit"]}`.
 batches of MNIST-style arrays; `predict_image` takes a PNG/JPEG and preprocesses it the
 MNIST way (grey, ink light on dark, cropped, scaled into 20x20, centred by mass).
 
-**Trained on.** MNIST: {info["n_train"]} training images (official 60,000 minus a
-stratified 10,000-image validation split). Selected by validation accuracy only.
+**Trained on.** MNIST: {info["n_train"]} training images from the official 60,000, apart
+from a stratified validation split carved from them. Selected by validation accuracy only.
 
 **Metrics.** Validation accuracy {m["val_accuracy"]:.4f}; test accuracy
-{m["test_accuracy"]:.4f} on the official 10,000 test images (read once, by evaluate).
+{m["test_accuracy"]:.4f} on {check["images"]:,} official test images (read once, by evaluate).
 ONNX Runtime agrees with torch on all {check["images"]} test images (max probability
 difference {check["max_probability_diff"]:.1e}).
 
@@ -237,7 +237,9 @@ def main(args) -> None:
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
     info = info_of(name, version, stats) | {"onnx_sha256": onnx_sha256}
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
-    atomic.write_text(out / "model_card.md", model_card(info, check))
+    card = model_card(info, check)
+    atomic.write_text(out / "model_card.md", card)
+    registry.describe(name, version.version, card)
     labels = {
         "candidate": info["candidate"],
         "registry_version": info["registry_version"],

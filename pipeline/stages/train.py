@@ -91,7 +91,15 @@ def main(args) -> None:
         {n: args.data / f"{n}.npz" for n in ("train", "val")}, dvc_outs=(args.data,)
     )
     tags = {"candidate": args.candidate, "arch": c.arch, **lineage}
-    with mlflow.start_run(experiment_id=experiment_id, run_name=args.candidate, tags=tags) as run:
+    if mlflow_params.system_metrics:  # CPU, memory (GPU with one): a sample every second
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=args.candidate,
+        tags=tags,
+        log_system_metrics=mlflow_params.system_metrics,
+    ) as run:
         mlflow.log_params(flat_params(args.candidate, c, params.seed, data) | {"threads": threads})
         log_datasets(data, lineage)
         started = time.perf_counter()
@@ -122,6 +130,8 @@ def main(args) -> None:
                 "final_val_loss": final["val_loss"],
                 "train_seconds": seconds,
                 "train_images_per_s": images_per_s,
+                "parameters": final["parameters"],
+                "multiply_adds": final["multiply_adds"],
             }
         )
         write_outputs(out, net, history, final, args.candidate)
@@ -130,17 +140,19 @@ def main(args) -> None:
         mlflow.log_dict(c.model_dump(), "train/candidate.json")
         mlflow.log_dict(stats, "train/stats.json")
         tracking.log_model(predictor, clf)
-        atomic.write_json(
-            out / "run.json",
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": experiment_id,
-                "candidate": args.candidate,
-                "train_seconds": round(seconds, 3),
-                "images_per_s": round(images_per_s, 1),
-                "threads": threads,
-            },
-        )
+    # Last, once the run has ended: evaluate logs into the run and sets its end from here.
+    atomic.write_json(
+        out / "run.json",
+        {
+            "run_id": run.info.run_id,
+            "experiment_id": experiment_id,
+            "candidate": args.candidate,
+            "train_seconds": round(seconds, 3),
+            "images_per_s": round(images_per_s, 1),
+            "threads": threads,
+            "ended_ms": mlflow.MlflowClient().get_run(run.info.run_id).info.end_time,
+        },
+    )
     print(
         f"train: {args.candidate}: val accuracy {final['val_accuracy']:.4f} "
         f"in {seconds:.1f} s ({images_per_s:.0f} images/s); MLflow run {run.info.run_id}"

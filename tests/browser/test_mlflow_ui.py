@@ -1,7 +1,10 @@
 """The MLflow side as a user meets it: `mlflow ui` on 127.0.0.1 over the store a full
-`dvc repro` left behind. Through its REST API and in Chromium, the experiment lists the
-pipeline's runs (one per candidate, with validation and test accuracy) and the registered
-model carries the `champion` alias on a version logged by one of those runs.
+`dvc repro` left behind. Through its REST API and in Chromium: the experiment says it is
+model training and the link `make ui` prints opens its runs (one per candidate, with
+validation and test accuracy, a duration of its own work, system metrics); the chart view
+draws a bar per candidate for what promotion and serving compare; the registered model
+carries the `champion` alias on a version logged by one of those runs, and the model card
+as its description. Screenshots of each view go to tests/browser/artifacts/.
 
 `pipeline_store` comes from tests/conftest.py: the project folder after `dvc repro`
 (mlflow.db, params.yaml, ...). The server reads a copy of mlflow.db, so a schema upgrade
@@ -25,6 +28,7 @@ import pytest
 import yaml
 from playwright.sync_api import expect
 
+from deploy.ui import runs_page
 from tests.support.serve import free_port, stop
 
 pytestmark = pytest.mark.slow
@@ -165,7 +169,34 @@ def test_rest_api_shows_the_champion_alias_on_a_pipeline_run(
     assert version["status"] == "READY"
     version_tags = {tag["key"]: tag["value"] for tag in version.get("tags", [])}
     assert version_tags.get("candidate") == candidate
+    assert {"val_accuracy", "test_accuracy"} <= version_tags.keys()
     assert run in evaluated_runs(tracked["runs"], candidate)
+    card_title = f"# MNIST digit classifier: {candidate}"
+    assert version["description"].startswith(card_title)
+    assert tracked["model"]["description"].startswith(card_title)
+
+
+def test_the_experiment_says_it_is_model_training(tracked: dict[str, Any]) -> None:
+    experiment_tags = {t["key"]: t["value"] for t in tracked["experiment"].get("tags", [])}
+    assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
+    assert "final_val_accuracy" in experiment_tags["mlflow.note.content"]
+
+
+def test_a_runs_duration_is_its_own_work(tracked: dict[str, Any]) -> None:
+    """Train and evaluate share a run; its end is set to its training's end plus its
+    evaluation, not to when evaluate ran (after every other candidate had trained)."""
+    for run in tracked["runs"]:
+        seconds = (int(run["info"]["end_time"]) - int(run["info"]["start_time"])) / 1000
+        own = metrics(run)["train_seconds"] + metrics(run)["eval_seconds"]
+        # What remains is start-up and logging (the model, its artifacts): seconds.
+        assert metrics(run)["train_seconds"] <= seconds <= own + 20, (run["info"], own)
+
+
+def test_training_runs_log_system_metrics(tracked: dict[str, Any]) -> None:
+    for run in tracked["runs"]:
+        logged = metrics(run)
+        assert logged["system/cpu_utilization_percentage"] >= 0, run["info"]["run_name"]
+        assert logged["system/system_memory_usage_megabytes"] > 0, run["info"]["run_name"]
 
 
 @pytest.fixture
@@ -182,7 +213,7 @@ def page(browser: Any, mlflow_ui: str) -> Iterator[Any]:
     assert foreign == [], f"the MLflow UI reached other origins: {foreign}"
 
 
-def test_experiment_page_lists_the_runs_and_their_metrics(
+def test_the_link_make_ui_prints_opens_the_training_runs(
     page: Any,
     mlflow_ui: str,
     tracked: dict[str, Any],
@@ -190,13 +221,15 @@ def test_experiment_page_lists_the_runs_and_their_metrics(
     artifacts: Path,
 ) -> None:
     experiment_id = tracked["experiment"]["experiment_id"]
-    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs")
+    page.goto(runs_page(mlflow_ui, experiment_id))
     for candidate in pipeline_params["candidates"]:
         expect(page.get_by_role("link", name=candidate, exact=True).first).to_be_visible(
             timeout=60_000
         )
     expected_count = len(tracked["runs"])
     expect(page.get_by_text(f"{expected_count} matching runs")).to_be_visible()
+    assert f"/experiments/{experiment_id}/runs" in page.url
+    expect(page.get_by_text("No data available for the selected time range")).to_have_count(0)
     page.screenshot(path=str(artifacts / "mlflow_experiment_runs.png"))
 
     _, run = champion(tracked)
@@ -208,6 +241,43 @@ def test_experiment_page_lists_the_runs_and_their_metrics(
         numbers = [float(n) for n in re.findall(r"\d+\.\d+", shown)]
         assert any(abs(n - metrics(run)[name]) < 1e-3 for n in numbers), (name, shown)
     page.screenshot(path=str(artifacts / "mlflow_champion_run.png"), full_page=True)
+    run_page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}"
+    page.goto(f"{run_page}/model-metrics?workflowType=machine_learning")
+    page.get_by_placeholder("Search metric charts").fill("accuracy")
+    expect(page.get_by_text("val_accuracy", exact=True).first).to_be_visible(timeout=60_000)
+    # final_val_accuracy, test_accuracy, train_accuracy, val_accuracy: drawn, not loading
+    expect(page.locator(".js-plotly-plot")).to_have_count(4, timeout=60_000)
+    page.screenshot(path=str(artifacts / "mlflow_run_curves.png"))
+
+
+CHART_METRICS = (
+    "final_val_accuracy",
+    "test_accuracy",
+    "train_seconds",
+    "multiply_adds",
+    "parameters",
+)
+
+
+def test_the_chart_view_draws_a_bar_per_candidate(
+    page: Any,
+    mlflow_ui: str,
+    tracked: dict[str, Any],
+    pipeline_params: dict[str, Any],
+    artifacts: Path,
+) -> None:
+    experiment_id = tracked["experiment"]["experiment_id"]
+    page.goto(runs_page(mlflow_ui, experiment_id) + "&compareRunsMode=CHART")
+    search = page.get_by_placeholder("Search metric charts")
+    expect(search).to_be_visible(timeout=60_000)
+    page.screenshot(path=str(artifacts / "mlflow_chart_view.png"))
+    cards = page.locator("[data-testid='experiment-view-compare-runs-card']")
+    for metric in CHART_METRICS:
+        search.fill(metric)
+        card = cards.filter(has=page.get_by_text(metric, exact=True))
+        expect(card).to_have_count(1, timeout=30_000)
+        # Plotly draws each run's bar as a point of the bar trace.
+        expect(card.locator("g.point")).to_have_count(len(pipeline_params["candidates"]))
 
 
 def test_model_page_shows_the_champion_alias(
@@ -224,4 +294,5 @@ def test_model_page_shows_the_champion_alias(
     )
     expect(version_row).to_have_count(1, timeout=60_000)
     expect(version_row.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible()
-    page.screenshot(path=str(artifacts / "mlflow_registered_model.png"))
+    expect(page.get_by_text("MNIST digit classifier:").first).to_be_visible()  # the card
+    page.screenshot(path=str(artifacts / "mlflow_registered_model.png"), full_page=True)

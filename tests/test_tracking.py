@@ -1,0 +1,77 @@
+"""pipeline.tracking against a real MLflow SQLite store: the experiment's tags, a run's end
+after evaluate, where a stage runs (workspace or an experiment's temporary copy), and the
+lineage a run carries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline import tracking
+from pipeline.params import MlflowParams
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return MlflowParams(experiment="tracking-test", store="unused.db", system_metrics=False)
+
+
+def test_setup_tags_new_and_existing_experiments(store):
+    import mlflow
+
+    experiment_id = tracking.setup(store)
+    client = mlflow.MlflowClient()
+    client.delete_experiment_tag(experiment_id, "mlflow.experimentKind")
+    assert tracking.setup(store) == experiment_id  # an existing store gets it back
+    tags = client.get_experiment(experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tags["mlflow.note.content"] == tracking.EXPERIMENT_TAGS["mlflow.note.content"]
+
+
+def test_evaluation_logs_into_the_run_and_ends_it_after_its_own_work(store, tmp_path):
+    import mlflow
+
+    experiment_id = tracking.setup(store)
+    with mlflow.start_run(experiment_id=experiment_id) as run:
+        mlflow.log_metric("train_seconds", 1.0)
+    client = mlflow.MlflowClient()
+    ended = client.get_run(run.info.run_id).info.end_time
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "metrics.json").write_text("{}")
+    record = {"run_id": run.info.run_id, "ended_ms": ended}
+    tracking.log_evaluation(record, {"test_accuracy": 0.9}, tmp_path / "out", stage_seconds=2.5)
+    after = client.get_run(run.info.run_id)
+    assert after.info.end_time == ended + 2500 and after.info.status == "FINISHED"
+    assert after.data.metrics["test_accuracy"] == 0.9
+    listed = [a.path for a in client.list_artifacts(run.info.run_id, "evaluate")]
+    assert listed == ["evaluate/metrics.json"]
+
+
+def test_a_stage_knows_whether_it_runs_in_the_workspace(tmp_path, monkeypatch):
+    workspace, copy = tmp_path / "repo", tmp_path / "repo/.dvc/tmp/exps/tmp1"
+    copy.mkdir(parents=True)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    assert tracking.in_workspace()  # outside DVC: the user ran the module by hand
+    monkeypatch.setenv("DVC_ROOT", str(workspace))
+    monkeypatch.chdir(workspace)
+    assert tracking.in_workspace() and tracking.project_root() == workspace.resolve()
+    monkeypatch.chdir(copy)  # a queued experiment: DVC_ROOT still names the workspace
+    assert not tracking.in_workspace() and tracking.project_root() == workspace.resolve()
+
+
+def test_lineage_names_the_experiment_user_host_and_dvc_hash(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "x.npz").write_bytes(b"data")
+    lock = {"stages": {"normalise": {"outs": [{"path": "data/normalised", "md5": "ab.dir"}]}}}
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1a2b3")
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "c0ffee")
+    tags = tracking.lineage_tags({"train": tmp_path / "x.npz"}, dvc_outs=(Path("data/normalised"),))
+    assert tags["dvc_exp_name"] == "exp-1a2b3" and tags["dvc_exp_baseline_rev"] == "c0ffee"
+    assert tags["dvc_md5.data/normalised"] == "ab.dir"
+    assert tags["user"] and tags["host"]
+    assert len(tags["data_sha256.train"]) == 64
+    assert tracking.dvc_md5(Path("data/other")) is None
