@@ -3,9 +3,9 @@
     python -m bench [--skip-repro] [--skip-training] [--skip-serving] [--skip-team] [--out FILE]
 
 Calibrates the machine once (the page's header), then runs bench/pipeline_bench.py,
-bench/serving_bench.py and bench/team_bench.py. A partial run (any --skip) writes to
-bench/out/performance.md unless --out says otherwise, so the page in docs/ always holds
-a whole run.
+bench/distributed_bench.py, bench/serving_bench.py and bench/team_bench.py. A partial run
+(any --skip) writes to bench/out/performance.md unless --out says otherwise, so the page
+in docs/ always holds a whole run. GPU figures: bench/gpu.py, on a machine with one.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import pipeline_bench, serving_bench, team_bench
+from bench import distributed_bench, pipeline_bench, serving_bench, team_bench
 from bench.report import ROOT, Report
 
 
@@ -34,6 +34,8 @@ def main() -> None:
     report = Report("Performance")
     report.calibrate()
     pipeline_bench.run_all(report, args.skip_repro, args.skip_training)
+    if not args.skip_training:
+        distributed_bench.run_all(report)
     if not args.skip_serving:
         serving_bench.run_all(report)
     if not args.skip_team:

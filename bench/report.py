@@ -76,7 +76,7 @@ DEFAULT_COLUMNS = ("what", "measured", "target")
 @dataclass
 class Report:
     title: str
-    command: str = field(default_factory=lambda: "python -m " + " ".join(sys.argv))
+    command: str = field(default_factory=lambda: " ".join(["python", *sys.orig_argv[1:]]))
     columns: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sections: dict[str, list[tuple[str, ...]]] = field(default_factory=dict)
     notes: dict[str, list[str]] = field(default_factory=dict)

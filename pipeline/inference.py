@@ -48,14 +48,20 @@ class Predictor(nn.Module):
 
 @torch.inference_mode()
 def in_batches(
-    fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, batch_size: int = 256
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    batch_size: int = 256,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """``fn`` (a module, put in eval mode, or a method of one) over (N, ...) in batches:
     whatever ``fn`` returns (logits from a bare network, probabilities from a Predictor),
-    concatenated."""
+    concatenated on the CPU. Each batch moves to ``device`` (default: x's) first."""
     if isinstance(fn, nn.Module):
         fn.eval()
-    return torch.cat([fn(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    device = device or x.device
+    return torch.cat(
+        [fn(x[i : i + batch_size].to(device)).cpu() for i in range(0, len(x), batch_size)]
+    )
 
 
 def make_predictor(

@@ -137,6 +137,19 @@ def members(net: nn.Module) -> list[nn.Module]:
     return list(net.nets) if isinstance(net, Ensemble) else [net]
 
 
+class MemberLogits(nn.Module):
+    """What training needs of a network: each member's logits, (B, 1, 28, 28) -> a tuple
+    of (B, 10), one per member (one for a single network). A module of its own, so that
+    DistributedDataParallel sees the whole forward pass."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(member(x) for member in members(self.net))
+
+
 BUILDERS = {
     "mlp": mlp,
     "conv1_dense": conv1_dense,

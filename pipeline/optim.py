@@ -76,7 +76,8 @@ class Adam(_Fused):
         self.kernel = torch._fused_adamw_ if decoupled else torch._fused_adam_
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
-        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]
+        # On the parameters' device: the fused CUDA kernel reads the step count there.
+        self.steps = [torch.zeros((), dtype=torch.float32, device=p.device) for p in self.params]
 
     @torch.no_grad()
     def step(self) -> None:

@@ -190,6 +190,13 @@ class TrainParams(Section):
     seed: Seed
     # Torch intra-op threads; 0 = 1 for the dense models, every core for the CNNs.
     threads: Annotated[int, Field(ge=0, le=256)]
+    # auto: CUDA when torch sees a GPU, else the CPU (evaluate follows the same rule).
+    device: Literal["auto", "cpu", "cuda", "mps"]
+    # Autocast: auto = bf16 (or fp16 with a gradient scaler) on a GPU, float32 on the CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"]
+    # Data-parallel ranks on this machine for the torch candidates: > 1 runs the train
+    # stage under torchrun (gloo on the CPU, NCCL on CUDA).
+    processes: Annotated[int, Field(ge=1, le=64)]
     candidates: dict[str, AnyCandidate] = Field(min_length=1)
 
     def candidate(self, name: str) -> TorchCandidate | LogReg:

@@ -1,6 +1,7 @@
-"""Where and how wide torch runs: the intra-op thread count for a candidate.
+"""How wide torch runs on the CPU: the intra-op thread count for a candidate.
 
-In: ``train.threads`` and a candidate. Out: the count, set on torch. The same rule for
+In: ``train.threads``, a candidate and the number of processes on this machine. Out:
+the count, set on torch. The same rule for
 train, evaluate and the benchmarks, so that a candidate is timed as the pipeline runs it.
 """
 
@@ -13,18 +14,18 @@ import torch
 from pipeline.params import Candidate
 
 
-def threads_for(threads: int, candidate: Candidate) -> int:
-    """``threads`` if set; else every core for a CNN and 1 for the dense models. A dense
-    model's step is a few small ops that a second thread barely speeds up, but that slow
-    down many times over when another process holds a core and the threads wait on each
-    other."""
+def threads_for(threads: int, candidate: Candidate, processes: int = 1) -> int:
+    """``threads`` if set; else, for a CNN, the cores shared among this machine's
+    ``processes`` (data-parallel ranks), and 1 for the dense models. A dense model's step
+    is a few small ops that a second thread barely speeds up, but that slow down many
+    times over when another process holds a core and the threads wait on each other."""
     if threads:
         return threads
-    return (os.cpu_count() or 1) if candidate.is_cnn else 1
+    return max(1, (os.cpu_count() or 1) // processes) if candidate.is_cnn else 1
 
 
-def set_threads(threads: int, candidate: Candidate) -> int:
+def set_threads(threads: int, candidate: Candidate, processes: int = 1) -> int:
     """Set torch's intra-op threads as ``threads_for`` picks; return the count."""
-    n = threads_for(threads, candidate)
+    n = threads_for(threads, candidate, processes)
     torch.set_num_threads(n)
     return n

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipeline import atomic, inference, models, optim
+from pipeline import atomic, distributed, inference, models, optim
 from pipeline.dataset import stratified_take
+from pipeline.errors import StageError
 from pipeline.params import Augment, Candidate, LogReg, TorchCandidate
 
 
@@ -67,15 +68,16 @@ def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )  # (B, 2, 3)
+    ).to(x.device)  # (B, 2, 3), drawn on the CPU: the same numbers on every device
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     # The border of an MNIST digit is background, so repeating it pads with background.
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def make_optimizer(net: nn.Module, c: TorchCandidate, total_steps: int):
-    """(optimizer, scheduler or None) for candidate ``c``."""
-    if c.schedule == "constant":  # the same kernels as below, without torch.optim's costs
+def make_optimizer(net: nn.Module, c: TorchCandidate, total_steps: int, scaled: bool = False):
+    """(optimizer, scheduler or None) for candidate ``c``; ``scaled``: for fp16's gradient
+    scaler, which needs torch.optim's interface."""
+    if c.schedule == "constant" and not scaled:  # the same kernels, without torch.optim's costs
         if c.optimizer == "sgd":
             return optim.SGD(
                 net.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
@@ -96,8 +98,10 @@ def make_optimizer(net: nn.Module, c: TorchCandidate, total_steps: int):
         opt = cls(net.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True)
     if c.schedule == "onecycle":
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total_steps)
-    else:
+    elif c.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
+    else:
+        sched = None
     return opt, sched
 
 
@@ -114,62 +118,104 @@ def train_torch(
     data: Data,
     seed: int,
     on_epoch: Callable[[dict], None] | None = None,
+    context: distributed.Context | None = None,
 ) -> History:
-    """Mini-batch training; ``on_epoch(row)`` is called after each epoch's validation."""
+    """Mini-batch training on ``context``'s device (the CPU by default), data-parallel
+    over its ranks when there are several; ``on_epoch(row)`` is called on rank 0 after
+    each epoch's validation. The shuffling and augmentation are drawn on the CPU from one
+    seeded generator, the same on every device and every rank."""
+    context = context or distributed.Context(torch.device("cpu"))
+    device = context.device
     # Subnormal floats take the CPU's slow path; R3's hidden softmax over 784 units makes
     # many of them. Flushing them to zero changes nothing a float32 model can tell.
     torch.set_flush_denormal(True)
     generator = torch.Generator().manual_seed(seed)
     fmt = torch.channels_last if c.is_cnn else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    n = len(data.y_train)
+    net = net.to(device=device, memory_format=fmt)
+    # The whole training set moves to the device once, not a batch at a time.
+    x_train, y_train = data.x_train.to(device), data.y_train.to(device)
+    x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    n = len(y_train)
     steps_per_epoch = math.ceil(n / c.batch_size)
-    opt, sched = make_optimizer(net, c, c.epochs * steps_per_epoch)
+    if 0 < n % c.batch_size < context.world_size:
+        raise StageError(f"train.processes: {context.world_size} ranks cannot share the last "
+                         f"batch of {n % c.batch_size} of {n} images; change batch_size")
+    scaler = torch.amp.GradScaler("cuda") if context.dtype == torch.float16 else None
+    opt, sched = make_optimizer(net, c, c.epochs * steps_per_epoch, scaled=scaler is not None)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
     # Only the architectures without batch norm have micro_batch.
     chunk = getattr(c, "micro_batch", None) or c.batch_size
     # An ensemble's members each learn from their own loss, as if trained alone.
-    nets = models.members(net)
+    trainer = context.wrap(models.MemberLogits(net))
     history = History()
-    bar = tqdm(total=c.epochs * steps_per_epoch, desc="train", unit="step", mininterval=0.5)
+    bar = tqdm(
+        total=c.epochs * steps_per_epoch,
+        desc="train",
+        unit="step",
+        mininterval=0.5,
+        disable=not context.is_main,
+    )
     for epoch in range(1, c.epochs + 1):
-        net.train()
+        trainer.train()
         order = torch.randperm(n, generator=generator)
-        loss_sum, correct = 0.0, 0
+        losses: list[list[torch.Tensor]] = []  # each step's parts' losses, read once an epoch
+        correct = torch.zeros((), dtype=torch.int64, device=device)
         for start in range(0, n, c.batch_size):
             idx = order[start : start + c.batch_size]
             # index_select, not x[idx]: the same rows, without advanced indexing's overhead.
-            xb, yb = data.x_train.index_select(0, idx), data.y_train.index_select(0, idx)
-            if c.augment.enabled:
+            rows = idx.to(device)
+            xb, yb = x_train.index_select(0, rows), y_train.index_select(0, rows)
+            if c.augment.enabled:  # drawn for the whole batch, so every rank draws the same
                 xb = augment(xb, c.augment, generator)
+            if context.distributed:  # this rank's part of the global batch
+                mine = context.part(len(idx))
+                xb, yb = xb[mine], yb[mine]
             opt.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for part in range(0, len(idx), chunk):  # one part unless micro_batch is set
+            parts = []
+            for part in range(0, len(yb), chunk):  # one part unless micro_batch is set
                 xc, yc = xb[part : part + chunk], yb[part : part + chunk]
                 xc = xc.contiguous(memory_format=fmt)
-                outputs = [member(xc) for member in nets]
-                logits = sum(outputs)
-                # Weighted by the part's share of the batch, the parts' gradients add
-                # up to the whole batch's (the weight is exactly 1.0 for one part).
-                loss = sum(loss_fn(z, yc) for z in outputs) / len(outputs) * (len(yc) / len(yb))
-                loss.backward()
-                step_loss += loss.item()
-                correct += int((logits.argmax(1) == yc).sum())
-            opt.step()
+                with context.autocast():
+                    outputs = trainer(xc)
+                    logits = sum(outputs)
+                    # Weighted by the part's share of the global batch, the parts' (and
+                    # the ranks') gradients add up to the whole batch's: the weight is
+                    # exactly 1.0 for one part in one process.
+                    loss = (
+                        sum(loss_fn(z, yc) for z in outputs) / len(outputs) * (len(yc) / len(idx))
+                    )
+                # DistributedDataParallel averages the ranks' gradients; they must add.
+                scaled = loss * context.world_size if context.distributed else loss
+                (scaler.scale(scaled) if scaler else scaled).backward()
+                parts.append(loss.detach())
+                correct += (logits.argmax(1) == yc).sum()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             if sched is not None:
                 sched.step()
-            history.steps.append(step_loss)
-            loss_sum += step_loss * len(idx)
+            losses.append(parts)
             bar.update()
-            if len(history.steps) % 64 == 0:  # formatting the postfix every step is costly
-                bar.set_postfix(epoch=epoch, loss=f"{step_loss:.4f}", refresh=False)
-        val_loss, val_correct = evaluate_logits(net, data.x_val, data.y_val)
+            if len(losses) % 64 == 0:  # reading a loss waits for the device: rarely
+                bar.set_postfix(epoch=epoch, loss=f"{float(sum(parts)):.4f}", refresh=False)
+        step_losses = epoch_step_losses(losses, context)
+        history.steps += step_losses
+        loss_sum = sum(
+            loss * len(part)
+            for loss, part in zip(step_losses, batches(n, c.batch_size), strict=True)
+        )
+        correct_total = int(context.sum(correct.cpu().reshape(1))[0])
+        if not context.is_main:
+            continue
+        val_loss, val_correct = evaluate_logits(net, x_val, y_val)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum / n,
-            "train_accuracy": correct / n,
+            "train_accuracy": correct_total / n,
             "val_loss": val_loss,
-            "val_accuracy": val_correct / len(data.y_val),
+            "val_accuracy": val_correct / len(y_val),
             "val_correct": val_correct,
         }
         history.epochs.append(row)
@@ -182,6 +228,29 @@ def train_torch(
             on_epoch(row)
     bar.close()
     return history
+
+
+def batches(n: int, batch_size: int) -> list[range]:
+    """The index ranges of an epoch's batches."""
+    return [range(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def epoch_step_losses(
+    losses: list[list[torch.Tensor]], context: distributed.Context
+) -> list[float]:
+    """Each step's training loss over the global batch: its parts' losses added in order
+    (as Python floats), then summed over the ranks."""
+    flat = torch.stack([loss for parts in losses for loss in parts]).float().cpu().tolist()
+    values, start = [], 0
+    for parts in losses:
+        total = 0.0
+        for value in flat[start : start + len(parts)]:
+            total += value
+        values.append(total)
+        start += len(parts)
+    if not context.distributed:
+        return values
+    return context.sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
 def train_logreg(c: LogReg, data: Data, seed: int):

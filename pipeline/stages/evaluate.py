@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from sklearn.decomposition import PCA
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from pipeline import atomic, cli, inference, models, plots, runtime, tracking
+from pipeline import atomic, cli, distributed, inference, models, plots, runtime, tracking
 from pipeline.params import EvaluateParams, MlflowParams, TrainParams, load_section
 
 
@@ -124,6 +124,8 @@ def main(args) -> None:
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     candidate = train_params.candidate(args.candidate)
     runtime.set_threads(train_params.threads, candidate)
+    device = distributed.resolve_device(train_params.device)  # the train stage's rule
+    distributed.exact_float32(device)
     stats = atomic.read_json(args.stats)
     run = atomic.read_json(args.model / "run.json")
     predictor = inference.load_predictor(
@@ -134,8 +136,9 @@ def main(args) -> None:
 
     pixels = inference.to_pixels(images)  # (N, 1, 28, 28)
     started = time.perf_counter()
-    probs = inference.in_batches(predictor, pixels, params.batch_size).numpy()
+    probs = inference.in_batches(predictor.to(device), pixels, params.batch_size, device).numpy()
     seconds = time.perf_counter() - started
+    predictor = predictor.cpu()  # the pictures' features on the CPU
     pred = probs.argmax(1)
     metrics = score(probs, labels)
     out: Path = args.out

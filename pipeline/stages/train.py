@@ -7,6 +7,11 @@ validation loss/accuracy per epoch), ``iterations.csv`` (loss per optimiser step
 ``metrics.json`` (final validation metrics: deterministic for fixed params),
 ``curves.png`` and ``run.json`` (the MLflow run id and timings, which evaluate reuses to
 log into the same run).
+
+On ``train.device`` (a GPU when there is one); with ``train.processes`` > 1 the stage
+runs itself again under torchrun, data-parallel. Started by torchrun directly (several
+processes or machines: docs/training.md), rank 0 writes the outputs and the MLflow run;
+the other ranks only train.
 """
 
 from __future__ import annotations
@@ -18,7 +23,19 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save as save_safetensors
 
-from pipeline import atomic, cli, inference, models, plots, runtime, tracking, training
+from pipeline import (
+    atomic,
+    cli,
+    distributed,
+    faults,
+    inference,
+    models,
+    plots,
+    runtime,
+    tracking,
+    training,
+)
+from pipeline.errors import StageError
 from pipeline.params import MlflowParams, TrainParams, load_section
 
 
@@ -74,13 +91,53 @@ def write_outputs(
     plots.save_curves(history.epochs, out / "curves.png", name)
 
 
+def argv_of(args) -> list[str]:
+    return [
+        "--params",
+        str(args.params),
+        "--candidate",
+        args.candidate,
+        "--data",
+        str(args.data),
+        "--out",
+        str(args.out),
+    ]
+
+
 def main(args) -> None:
     params = load_section(args.params, "train", TrainParams)
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     c = params.candidate(args.candidate)
-    threads = runtime.set_threads(params.threads, c)
+    if c.is_torch and params.processes > 1 and not distributed.under_torchrun():
+        code = distributed.relaunch(params.processes, "pipeline.stages.train", argv_of(args))
+        if code:
+            raise StageError(
+                f"{params.processes} data-parallel processes under torchrun "
+                f"failed (exit {code}); the failing rank's error is above"
+            )
+        return
+    # logreg is scikit-learn's: on the CPU, in one process.
+    context = (
+        distributed.start(params.device, params.precision)
+        if c.is_torch
+        else distributed.Context(torch.device("cpu"))
+    )
+    try:
+        train(args, params, mlflow_params, c, context)
+    finally:
+        distributed.finish(context)
+
+
+def train(
+    args, params: TrainParams, mlflow_params: MlflowParams, c, context: distributed.Context
+) -> None:
+    faults.point("train.start")
+    threads = runtime.set_threads(params.threads, c, processes=context.world_size)
     torch.manual_seed(params.seed)
     data = training.load_data(args.data, c, params.seed)
+    if not context.is_main:  # another rank: only the training, no outputs, no MLflow run
+        training.train_torch(models.build(c), c, data, params.seed, context=context)
+        return
     stats = atomic.read_json(args.data / "stats.json")
     out: Path = args.out
 
@@ -100,7 +157,15 @@ def main(args) -> None:
         tags=tags,
         log_system_metrics=mlflow_params.system_metrics,
     ) as run:
-        mlflow.log_params(flat_params(args.candidate, c, params.seed, data) | {"threads": threads})
+        mlflow.log_params(
+            flat_params(args.candidate, c, params.seed, data)
+            | {
+                "threads": threads,
+                "device": str(context.device),
+                "processes": context.world_size,
+                "precision": str(context.dtype).removeprefix("torch.") if context.dtype else "fp32",
+            }
+        )
         log_datasets(data, lineage)
         started = time.perf_counter()
         clf = None
@@ -114,11 +179,14 @@ def main(args) -> None:
                 on_epoch=lambda row: mlflow.log_metrics(
                     {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
                 ),
+                context=context,
             )
         else:
             clf, history, net = training.train_logreg(c, data, params.seed)
         seconds = time.perf_counter() - started
-        net = net.to(memory_format=torch.contiguous_format).eval()
+        # Back on the CPU, whatever trained it: the final validation, the weights, the
+        # logged model and everything after are the same on every device.
+        net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
         predictor = inference.make_predictor(c, net, stats)
         val_probs = inference.in_batches(predictor.from_standardised, data.x_val)
         final = final_metrics(history, val_probs, data.y_val, net)

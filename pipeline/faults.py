@@ -1,0 +1,35 @@
+"""Failures on purpose, for the tests and the chaos script (bench/chaos.py): a stage calls
+``point("name")`` where a failure must be survivable, and nothing happens unless the
+environment asks for it.
+
+In: MNIST_FAULT = ``name[@rank][:action]``, e.g. ``train.start@1`` (rank 1 raises) or
+``promote.registered:kill`` (SIGKILL itself between registering a version and moving
+the alias). Actions: ``raise`` (a StageError, the default), ``kill`` (SIGKILL), ``term``
+(SIGTERM). Unset in normal runs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from pipeline.errors import StageError
+
+ENV = "MNIST_FAULT"
+
+
+def point(name: str) -> None:
+    """Fail here if MNIST_FAULT names this point (and this process's rank)."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return
+    where, _, action = spec.partition(":")
+    wanted, _, rank = where.partition("@")
+    if wanted != name or (rank and rank != os.environ.get("RANK", "0")):
+        return
+    if action == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if action == "term":
+        os.kill(os.getpid(), signal.SIGTERM)
+    suffix = f" on rank {rank}" if rank else ""
+    raise StageError(f"fault injected at {name}{suffix} ({ENV}={spec})")
