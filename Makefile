@@ -10,14 +10,18 @@ export MLFLOW_DISABLE_TELEMETRY := true
 export DO_NOT_TRACK := 1
 export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
+export ORT_DISABLE_TELEMETRY := 1
 
 .PHONY: install run test lint bench reproduce serve ui clean system-tools stack-up stack-down
+.PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
-# wrk for the load benchmark, PostgreSQL for the team stack.
-DEBIAN_TOOLS := chromium wrk postgresql
+# wrk for the load benchmark, PostgreSQL for the team stack, podman & co. for the image.
+IMAGE_TOOLS := podman buildah runc debootstrap
+DEBIAN_TOOLS := chromium wrk postgresql $(IMAGE_TOOLS)
 system-tools:
 	@command -v chromium >/dev/null && command -v wrk >/dev/null && \
+	  command -v podman >/dev/null && command -v debootstrap >/dev/null && \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
@@ -59,8 +63,31 @@ serve: install          ## serve the Bento of reports/package/bento.json at http
 	@test -n "$(BENTO_TAG)" || { echo "no Bento built yet: make run"; exit 1; }
 	bentoml serve $(BENTO_TAG) --host 127.0.0.1 --port 3000
 
-ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+ui: install             ## MLflow UI on the pipeline's store at http://127.0.0.1:5000 (prints the runs' link)
+	$(PY) -m deploy.ui --port 5000
 
 clean:                  ## remove outputs (the DVC cache keeps them for a fast repro)
 	rm -rf data models reports
+
+# The champion's container image (docs/deployment.md): `bentoml containerize` with podman,
+# slimmed. This machine kind has no Docker engine and no registry; the workarounds for it
+# live in deploy/image/podman-sandbox.sh, and nowhere else.
+SANDBOX := deploy/image/podman-sandbox.sh
+BENTO_JSON ?= reports/package/bento.json
+IMAGE ?= mnist-classifier:$(shell $(PY) -c 'import json; print(json.load(open("$(BENTO_JSON)"))["bento"].split(":")[1])' 2>/dev/null)
+image-tools:
+	@command -v podman >/dev/null && command -v debootstrap >/dev/null && \
+	  command -v runc >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(IMAGE_TOOLS) >/dev/null; \
+	  else echo "please install $(IMAGE_TOOLS) (Debian: apt-get install $(IMAGE_TOOLS))"; fi; }
+
+image-base: install image-tools  ## the local base image the sandbox builds on (once)
+	PYTHON=$(PY) $(SANDBOX) base
+
+image: image-base       ## the champion's image, mnist-classifier:<Bento version>
+	PYTHON=$(PY) $(SANDBOX) deploy/image/build.sh $(BENTO_JSON) $(IMAGE)
+
+image-run: image-tools  ## run it at http://127.0.0.1:3000, root filesystem read-only (Ctrl-C stops)
+	@$(SANDBOX) podman image exists $(IMAGE) || { echo "no image $(IMAGE): make image"; exit 1; }
+	$(SANDBOX) podman run --rm --read-only -p 127.0.0.1:3000:3000 $(IMAGE)
