@@ -1,7 +1,8 @@
 """Atomic file writes: a temporary file in the same folder, then os.replace.
 
-A stage killed midway leaves either the old file or the new one, never half of
-one for DVC to hash.
+A stage killed midway leaves either the old file or the new one, never half of one for
+DVC to hash. What a kill can leave is a temporary file beside it (``.name.XXXX.tmp``),
+never at an output path; the next write of that path removes it.
 """
 
 from __future__ import annotations
@@ -18,17 +19,22 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from pipeline import faults
+
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
+        stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        faults.point("atomic.replace")  # the last moment a kill can interrupt the write
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)

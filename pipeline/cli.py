@@ -3,18 +3,25 @@
 A stage's ``main`` raises a ``StageError`` (bad params, a corrupt file, an unreachable
 mirror) or FileNotFoundError for a missing input; ``run`` prints it as
 ``<stage>: error: ...`` and exits 1, with no traceback. Anything else is a bug and keeps
-its traceback.
+its traceback. SIGTERM (what a scheduler or `kill` sends) becomes ``Terminated``, so the
+stage unwinds as on Ctrl-C: its MLflow run ends KILLED and it exits 143 (130 for Ctrl-C),
+its outputs left as they were (each is written atomically).
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Callable
 
-from pipeline.errors import StageError
+from pipeline.errors import StageError, Terminated
 
 EXPECTED = (StageError, FileNotFoundError)
+
+
+def _terminated(signum, _frame) -> None:
+    raise Terminated(f"signal {signal.Signals(signum).name}")
 
 
 def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
@@ -28,11 +35,14 @@ def parser(stage: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def run(stage: str, main: Callable[[argparse.Namespace], None], args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         main(args)
     except EXPECTED as error:
         print(f"{stage}: error: {error}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        print(f"{stage}: interrupted; outputs left as they were", file=sys.stderr)
-        sys.exit(130)
+    except (KeyboardInterrupt, Terminated) as stop:
+        print(
+            f"{stage}: interrupted ({stop or 'Ctrl-C'}); outputs left as they were", file=sys.stderr
+        )
+        sys.exit(143 if isinstance(stop, Terminated) else 130)

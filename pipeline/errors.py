@@ -9,3 +9,8 @@ from __future__ import annotations
 
 class StageError(RuntimeError):
     """An expected failure of a stage, with a message a user can act on."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the stage is: like KeyboardInterrupt, not an ``Exception``,
+    so that nothing catches it by accident on the way out."""

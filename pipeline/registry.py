@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 
+from pipeline import faults
 from pipeline.errors import StageError
 
 ALIAS = "champion"
@@ -112,19 +113,44 @@ def history(name: str) -> list[dict]:
     return json.loads(tag) if tag else []
 
 
-def move_alias(name: str, version: str, previous: str | None, reason: str) -> None:
-    """Point the alias at ``version`` (one call: never missing) and record why."""
+def record(name: str, version: str, previous: str | None, reason: str) -> None:
+    """Append a move of the alias to ``version`` to the history (once: a version that is
+    already the last entry is not recorded again)."""
     c = client()
-    c.set_registered_model_alias(name, ALIAS, version)
+    entries = history(name)
+    if entries and entries[-1]["version"] == version:
+        return
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entry = {"version": version, "previous": previous, "reason": reason, "at": at}
-    entries = [*history(name), entry]
-    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps(entries[-HISTORY_KEEP:]))
+    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*entries, entry][-HISTORY_KEEP:]))
     c.set_model_version_tag(name, version, "promoted_at", at)
+
+
+def move_alias(name: str, version: str, previous: str | None, reason: str) -> None:
+    """Point the alias at ``version`` (one call: never missing), then record why. A kill
+    between the two leaves the alias moved and the history one short, which
+    ``reconcile`` repairs."""
+    client().set_registered_model_alias(name, ALIAS, version)
+    faults.point("registry.alias_moved")
+    record(name, version, previous, reason)
+
+
+def reconcile(name: str) -> None:
+    """Repair the history after an interrupted move: an alias on a version the history
+    does not end with gets its entry, so there is never a gap (nor, by ``record``, a
+    double entry)."""
+    if not has_model(name):
+        return
+    champion = current_champion(name)
+    entries = history(name)
+    if champion is not None and (not entries or entries[-1]["version"] != champion.version):
+        previous = entries[-1]["version"] if entries else None
+        record(name, champion.version, previous, "recorded after an interrupted promote")
 
 
 def rollback(name: str) -> str:
     """Point the alias back at the champion before the current one; return its version."""
+    reconcile(name)
     entries = history(name)
     champion = current_champion(name)
     if (

@@ -14,8 +14,11 @@ import hashlib
 import os
 import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from pipeline.errors import Terminated
 from pipeline.params import MlflowParams
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -83,6 +86,87 @@ def setup(params: MlflowParams) -> str:
         if tags.get(key) != value:
             client.set_experiment_tag(experiment_id, key, value)
     return experiment_id
+
+
+def process_started(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), None if there is none: with
+    the pid, it tells a live process from a later one that reused the pid."""
+    import psutil
+
+    try:
+        return round(psutil.Process(pid).create_time(), 2)
+    except psutil.Error:
+        return None
+
+
+def end_orphans(experiment_id: str, candidate: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of ``candidate`` that a process on this host started
+    and that no live process owns any more (killed by SIGKILL or a crash, which leave a
+    run RUNNING forever), and FAILED the models they left PENDING; return their ids.
+
+    A run's tags ``host``, ``pid`` and ``pid_started`` name its process: an orphan is a run
+    of this host whose pid is gone or now belongs to a process started at another time.
+    Runs of other hosts are left to their own host's next run of the candidate."""
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelStatus
+
+    client = MlflowClient()
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=(
+            f"attributes.status = 'RUNNING' and tags.candidate = '{candidate}' "
+            f"and tags.host = '{socket.gethostname()}'"
+        ),
+    )
+    ended = []
+    for run in running:
+        pid, started = run.data.tags.get("pid"), run.data.tags.get("pid_started")
+        if pid is None or started is None:
+            continue
+        alive = process_started(int(pid))
+        if alive is not None and abs(alive - float(started)) < 1:
+            continue  # its process is still working: a concurrent experiment, say
+        for model in client.search_logged_models(
+            experiment_ids=[experiment_id], filter_string=f"source_run_id = '{run.info.run_id}'"
+        ):
+            if model.status == LoggedModelStatus.PENDING:
+                client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+        client.set_terminated(run.info.run_id, "KILLED")
+        ended.append(run.info.run_id)
+    return ended
+
+
+@contextmanager
+def training_run(
+    experiment_id: str, name: str, tags: dict[str, str], system_metrics: bool
+) -> Iterator:
+    """``mlflow.start_run`` that ends truthfully: FINISHED, FAILED on an error, KILLED on
+    SIGTERM or Ctrl-C; its process's pid and start time are tagged, and the candidate's
+    orphaned runs (see ``end_orphans``) are ended first."""
+    import mlflow
+
+    for run_id in end_orphans(experiment_id, tags["candidate"]):
+        print(
+            f"tracking: MLflow run {run_id} of {tags['candidate']} had lost its process; "
+            "marked KILLED"
+        )
+    pid = os.getpid()
+    tags = tags | {"pid": str(pid), "pid_started": str(process_started(pid))}
+    if system_metrics:  # CPU, memory (GPU with one): a sample every second
+        mlflow.set_system_metrics_sampling_interval(1)
+        mlflow.set_system_metrics_samples_before_logging(1)
+    run = mlflow.start_run(
+        experiment_id=experiment_id, run_name=name, tags=tags, log_system_metrics=system_metrics
+    )
+    try:
+        yield run
+    except (KeyboardInterrupt, Terminated):
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
 
 
 def log_evaluation(

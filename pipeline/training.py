@@ -138,8 +138,10 @@ def train_torch(
     n = len(y_train)
     steps_per_epoch = math.ceil(n / c.batch_size)
     if 0 < n % c.batch_size < context.world_size:
-        raise StageError(f"train.processes: {context.world_size} ranks cannot share the last "
-                         f"batch of {n % c.batch_size} of {n} images; change batch_size")
+        raise StageError(
+            f"train.processes: {context.world_size} ranks cannot share the last "
+            f"batch of {n % c.batch_size} of {n} images; change batch_size"
+        )
     scaler = torch.amp.GradScaler("cuda") if context.dtype == torch.float16 else None
     opt, sched = make_optimizer(net, c, c.epochs * steps_per_epoch, scaled=scaler is not None)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline import atomic, cli, export, inference, registry, tracking
+from pipeline import atomic, cli, export, faults, inference, registry, tracking
 from pipeline.errors import StageError
 from pipeline.params import (
     Candidate,
@@ -245,7 +245,9 @@ def main(args) -> None:
         "registry_version": info["registry_version"],
         "onnx_sha256": onnx_sha256,
     }
+    faults.point("package.exported")  # exported and checked, nothing stored yet
     model_ref = stored_model(onnx_bytes, info, labels)
+    faults.point("package.stored")  # the model stored, the Bento not built yet
     bento_labels = {"model": str(model_ref.tag), "source_sha256": source_digest()}
     bento_tag = build_bento(str(model_ref.tag), out / "model_card.md", out, bento_labels)
     atomic.write_json(

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import atomic, cli, registry, tracking
+from pipeline import atomic, cli, faults, registry, tracking
 from pipeline.errors import StageError
 from pipeline.params import MlflowParams, PromoteParams, load_section
 
@@ -102,7 +102,9 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     name = params.registered_model
     row = best_candidate(summary, params.max_multiply_adds)
     registry.ensure_registered_model(name)
+    registry.reconcile(name)  # an earlier promote killed mid-way
     version = registry.version_for_run(name, row, experiment_id)
+    faults.point("promote.registered")  # registered, the alias not moved yet
     champion = registry.current_champion(name)
     if champion is not None and champion.version == version.version:
         moved, reason = False, "already the champion"

@@ -16,6 +16,7 @@ the other ranks only train.
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 
@@ -148,14 +149,8 @@ def train(
         {n: args.data / f"{n}.npz" for n in ("train", "val")}, dvc_outs=(args.data,)
     )
     tags = {"candidate": args.candidate, "arch": c.arch, **lineage}
-    if mlflow_params.system_metrics:  # CPU, memory (GPU with one): a sample every second
-        mlflow.set_system_metrics_sampling_interval(1)
-        mlflow.set_system_metrics_samples_before_logging(1)
-    with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=args.candidate,
-        tags=tags,
-        log_system_metrics=mlflow_params.system_metrics,
+    with tracking.training_run(
+        experiment_id, args.candidate, tags, mlflow_params.system_metrics
     ) as run:
         mlflow.log_params(
             flat_params(args.candidate, c, params.seed, data)
@@ -188,7 +183,11 @@ def train(
         # logged model and everything after are the same on every device.
         net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
         predictor = inference.make_predictor(c, net, stats)
-        val_probs = inference.in_batches(predictor.from_standardised, data.x_val)
+        # The final validation as evaluate computes (CNNs in channels_last, on a copy): the
+        # same bytes on every run, where the contiguous layout's BLAS calls can split their
+        # work by the machine's load, and so round differently, from run to run.
+        checker = inference.make_predictor(c, copy.deepcopy(net), stats, channels_last=True)
+        val_probs = inference.in_batches(checker.from_standardised, data.x_val)
         final = final_metrics(history, val_probs, data.y_val, net)
         epochs = c.epochs if c.is_torch else 1
         images_per_s = len(data.y_train) * epochs / seconds
