@@ -100,8 +100,10 @@ class TorchCandidate(Candidate):
     init: Literal["torch", "glorot"] = "torch"
     augment: Augment = Augment()
     # Train this many copies of the network side by side, each from its own initial
-    # weights, on the same batches; predict with their averaged probabilities.
+    # weights; predict with their averaged probabilities. "shared": every member sees the
+    # same batches; "own": each its own order and jitter (seed + k), as if trained alone.
     members: Annotated[int, Field(ge=1, le=8)] = 1
+    member_data: Literal["shared", "own"] = "shared"
     # Test-time augmentation: average predictions over this many one-pixel shifts too.
     tta: Annotated[int, Field(ge=0, le=8)] = 0
 
@@ -219,6 +221,21 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     batch_size: PosInt
     grid_size: Annotated[int, Field(ge=1, le=400)]  # digits in each image grid
+
+
+class RobustnessParams(Section):
+    """The test digits rendered as people send them (pipeline/photos.py's kinds)."""
+
+    per_kind: Annotated[int, Field(gt=0, le=10_000)]  # test digits rendered per kind
+    seed: Seed  # which digits, and every random choice of the rendering
+    kinds: list[str] = Field(min_length=1)  # names in pipeline.photos.KINDS, checked there
+
+    @model_validator(mode="after")
+    def _kinds_once(self) -> RobustnessParams:
+        twice = sorted({kind for kind in self.kinds if self.kinds.count(kind) > 1})
+        if twice:
+            raise ValueError(f"kinds lists {twice} more than once")
+        return self
 
 
 class MlflowParams(Section):

@@ -192,6 +192,22 @@ def log_evaluation(
     )
 
 
+def log_robustness(run: dict, metrics: dict[str, float], folder: Path) -> None:
+    """Log the robustness stage's metrics and ``folder`` (as ``robustness/``) into the
+    candidate's training run, leaving the run's status and end time as they are."""
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    client.log_batch(
+        run["run_id"], metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
+    )
+    client.log_artifacts(run["run_id"], str(folder), artifact_path="robustness")
+
+
 def git_commit(cwd: Path = PACKAGE_ROOT) -> str:
     """HEAD's commit, with ``-dirty`` if tracked files differ; ``unknown`` outside git."""
 

@@ -7,8 +7,10 @@ In: HTTP requests (JSON digit arrays, or the bytes of a PNG/JPEG). Out: labels a
 Endpoints (all POST, as BentoML routes its APIs):
 - /predict        {"images": [[...]] | "images_b64": "...", "dtype": "uint8" | "float32"}
                   -> {"labels": [N], "probabilities": [N][10]}
-- /predict_image  the PNG/JPEG file itself as the body (Content-Type image/png, image/jpeg
-                  or application/octet-stream) -> {"label", "probabilities", "preprocessed"}
+- /predict_image  one PNG/JPEG: the file itself as the body (Content-Type image/png,
+                  image/jpeg or application/octet-stream), or a multipart/form-data form
+                  of one file part, any field name (curl -F image=@digit.png)
+                  -> {"label", "probabilities", "preprocessed"}
 - /model_info     {} -> info.json of the model, plus its BentoML tag and the size limits
 - GET /ui/        a page to draw or upload a digit and see what the model makes of it
                   (serving/ui.py, serving/static/)
@@ -31,9 +33,12 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
+import attrs
 import bentoml
 import numpy as np
 import prometheus_client
+from _bentoml_sdk.method import APIMethod  # what @bentoml.api makes; see ImageUploadAPI
+from bentoml._internal.service.openapi.specification import MediaType, Schema
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
@@ -42,7 +47,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from serving import preprocess, ui
 from serving.batching import MicroBatcher
 from serving.contract import IMAGE_SIDE, MODEL_NAME
-from serving.guard import RequestGuard
+from serving.guard import FORM, RequestGuard
 from serving.preprocess import BadInput, PixelDtype
 from serving.runner import Runner
 
@@ -82,6 +87,36 @@ def rejected(api: str, error: BadInput) -> ValidationError:
         input=None,
     )
     return ValidationError.from_exception_data(api, [detail])
+
+
+# /predict_image takes the file as the body or as the one file part of a form; the guard
+# (serving/guard.py) unwraps the form, so the API itself sees one kind of request.
+IMAGE_TYPES = ["image/*", "application/octet-stream"]
+IMAGE_FIELDS = ("image", "file")  # the documented field names of the form; any name works
+
+
+@attrs.define
+class ImageUploadAPI(APIMethod):
+    """A BentoML API whose OpenAPI request body lists the raw file under each media type
+    it takes and the form upload beside it. BentoML has no public way to declare two
+    request bodies for one API, so this extends what @bentoml.api returns."""
+
+    def openapi_request(self) -> dict[str, Any]:
+        (raw,) = super().openapi_request()["content"].values()  # BentoML's: the file as body
+        part = Schema(type="string", format="binary", description="The PNG or JPEG file")
+        form = Schema(
+            type="object",
+            description=(
+                "A form of exactly one part, a file: the PNG or JPEG. Documented field "
+                f"names: {', '.join(IMAGE_FIELDS)}; any other name is accepted too. No text "
+                "fields. The same limits apply as to the raw body."
+            ),
+            properties=dict.fromkeys(IMAGE_FIELDS, part),
+            additionalProperties=part,
+            minProperties=1,
+            maxProperties=1,
+        )
+        return {"content": {**dict.fromkeys(IMAGE_TYPES, raw), FORM: MediaType(schema=form)}}
 
 
 # Tracing is off by default (sample_rate 0), yet BentoML's OpenTelemetry middleware still
@@ -153,11 +188,14 @@ class MNISTClassifier:
             labels=probabilities.argmax(axis=1).tolist(), probabilities=probabilities.tolist()
         )
 
-    @bentoml.api
+    @ImageUploadAPI
     async def predict_image(
         self, image: Annotated[bytes, ContentType("image/*")], /
     ) -> ImagePrediction:
-        """Classify one PNG/JPEG of a digit: any size, colour or grey, either polarity."""
+        """Classify one PNG/JPEG of a digit: a drawing, a scan or a photo of paper, any size,
+        colour or grey, either polarity. Send the file as the body, or as a form's only
+        part. The digit is found first (lighting evened out, ruled lines and specks
+        removed), then framed as in MNIST; `preprocessed` is what the model saw."""
         try:
             # In a thread: a 5 MiB PNG can hold 16 megapixels, too long to block the event loop.
             digit = await asyncio.to_thread(preprocess.digit_from_image, image)  # (28, 28) uint8
@@ -191,7 +229,8 @@ MNISTClassifier.add_asgi_middleware(
     max_bytes=MAX_BODY_BYTES,
     content_types={
         "/predict": ["application/json"],
-        "/predict_image": ["image/*", "application/octet-stream"],
+        "/predict_image": [*IMAGE_TYPES, FORM],
         "/model_info": ["application/json"],
     },
+    form_uploads=["/predict_image"],
 )

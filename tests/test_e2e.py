@@ -144,6 +144,36 @@ def test_mlflow_run_has_params_epoch_metrics_model_and_lineage(project, first_re
     assert "evaluate/confusion.png" in artifacts and "evaluate/mistakes.png" in artifacts
 
 
+def test_robustness_is_reported_for_every_candidate_and_on_the_champions_card(project, first_repro):
+    """photo_set renders test digits as people send them, once; robustness@<candidate>
+    scores each candidate on them: DVC metrics, a plot, its MLflow run, the model card."""
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    stages = project.stages_run(first_repro)
+    assert "photo_set" in stages and {f"robustness@{n}" for n in ENABLED} <= set(stages)
+    kinds = project.params()["robustness"]["kinds"]
+    with np.load(project.path / "data/photo_set/digits.npz", allow_pickle=False) as photo_set:
+        assert list(photo_set["kinds"]) == kinds
+        assert photo_set["images"].shape == (len(kinds), 500, 28, 28)
+        assert photo_set["index"].max() < 1000  # the test split of the small profile
+    assert (project.path / "reports/robustness/examples.png").stat().st_size > 0
+    client = MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
+    for name in ENABLED:
+        folder = project.path / "reports/robustness" / name
+        metrics = json.loads((folder / "metrics.json").read_text())
+        run_id = json.loads((project.path / "models" / name / "run.json").read_text())["run_id"]
+        assert metrics["run_id"] == run_id and set(metrics["accuracy"]) == set(kinds)
+        assert metrics["reference_accuracy"] > 0.6 and metrics["accuracy"]["clean"] > 0.6
+        assert (folder / "robustness.png").stat().st_size > 0
+        logged = client.get_run(run_id).data.metrics
+        assert logged["robustness_photo"] == metrics["accuracy"]["photo"]
+    shown = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)
+    assert "reports/robustness/mlp128/metrics.json" in json.dumps(shown)
+    card = (project.path / "reports/package/model_card.md").read_text()
+    assert "**Robustness.**" in card and "| photo |" in card
+
+
 def test_second_repro_runs_nothing(project, first_repro):
     result = project.run("dvc", "repro")
     assert project.stages_run(result) == []
@@ -154,10 +184,11 @@ def test_changing_one_candidates_lr_reruns_only_its_train_and_evaluate(project, 
     params["train"]["candidates"]["mlp128"]["lr"] = 0.002
     project.write_params(params)
     result = project.run("dvc", "repro")
-    assert project.stages_run(result)[:3] == ["train@mlp128", "evaluate@mlp128", "summarize"]
+    assert project.stages_run(result)[:2] == ["train@mlp128", "evaluate@mlp128"]
     assert set(project.stages_run(result)) <= {
         "train@mlp128",
         "evaluate@mlp128",
+        "robustness@mlp128",
         "summarize",
         "promote",
         "package",

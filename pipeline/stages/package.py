@@ -2,7 +2,8 @@
 
 In: ``decision.json`` from promote; the champion's run artifacts in MLflow (weights,
 candidate settings, normalisation stats), fetched from the registry's ``champion``
-alias (the truth, also after a rollback); ``test.npz`` from split. Out, in ``--out``:
+alias (the truth, also after a rollback); ``test.npz`` from split; the champion's
+robustness report from ``--robustness`` (for the card). Out, in ``--out``:
 ``model.onnx`` (pixels in [0, 1] (N, 1, 28, 28) -> probabilities (N, 10),
 standardisation and TTA inside the graph), ``model_card.md``, ``bentofile.yaml`` and
 ``bento.json`` (the BentoML model and Bento tags: serve the Bento by that tag). The
@@ -66,7 +67,31 @@ def exported(run_id: str, test: Path) -> tuple[bytes, dict, dict]:
     return onnx_bytes, export.check_onnx(onnx_bytes, predictor, pixels), stats
 
 
-def model_card(info: dict, check: dict) -> str:
+def robustness_section(folder: Path, candidate: str, run_id: str) -> str:
+    """The card's robustness paragraph, from ``folder/<candidate>/metrics.json`` (the
+    robustness stage's report), if it scored this very run; otherwise a line saying so."""
+    path = folder / candidate / "metrics.json"
+    if not path.is_file():
+        return f"**Robustness.** Not measured: `{path}` is missing.\n\n"
+    report = atomic.read_json(path)
+    if report.get("run_id") != run_id:
+        return (
+            f"**Robustness.** Not measured for this run: `{path}` scored run "
+            f"`{report.get('run_id')}` of {candidate}.\n\n"
+        )
+    rows = "\n".join(f"| {kind} | {value:.3f} |" for kind, value in report["accuracy"].items())
+    return f"""**Robustness.** Accuracy on {report["n_per_kind"]:,} official test digits rendered as
+people send them (photos and scans on paper: docs/robustness.md), read through the service's
+own preprocessing; as plain arrays, the same digits score {report["reference_accuracy"]:.3f}.
+
+| kind | accuracy |
+|---|---|
+{rows}
+
+"""
+
+
+def model_card(info: dict, check: dict, robustness: str = "") -> str:
     m = info["metrics"]
     return f"""# MNIST digit classifier: {info["candidate"]}
 
@@ -85,7 +110,7 @@ from a stratified validation split carved from them. Selected by validation accu
 ONNX Runtime agrees with torch on all {check["images"]} test images (max probability
 difference {check["max_probability_diff"]:.1e}).
 
-**Limits.** Trained only on centred, size-normalised digits from American writers in the
+{robustness}**Limits.** Trained only on centred, size-normalised digits from American writers in the
 1990s: other scripts, letters, several digits in one image, or photos with clutter are
 out of scope and still get a confident-looking answer. Probabilities are not calibrated.
 """
@@ -237,7 +262,9 @@ def main(args) -> None:
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
     info = info_of(name, version, stats) | {"onnx_sha256": onnx_sha256}
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
-    card = model_card(info, check)
+    card = model_card(
+        info, check, robustness_section(args.robustness, info["candidate"], info["run_id"])
+    )
     atomic.write_text(out / "model_card.md", card)
     registry.describe(name, version.version, card)
     labels = {
@@ -274,6 +301,9 @@ def cli_main(argv=None) -> None:
     p = cli.parser("package", __doc__)
     p.add_argument("--decision", required=True, type=Path, help="decision.json from promote")
     p.add_argument("--test", required=True, type=Path, help="test.npz from split")
+    p.add_argument(
+        "--robustness", required=True, type=Path, help="the robustness stages' reports folder"
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for ONNX, card and tags")
     cli.run("package", main, p.parse_args(argv))
 

@@ -1,8 +1,9 @@
 """The draw-a-digit page at /ui/ in headless Chromium against a real `bentoml serve`:
 real MNIST test digits traced onto the pad as mouse (or finger) strokes must get their
-label, an uploaded PNG too, a text file a visible error; the page shows the model's
-version and accuracy, loads nothing from other origins, and keeps the accessible basics
-(keyboard, labels, contrast, phone width). Screenshots go to tests/browser/artifacts/."""
+label, an uploaded PNG and a phone photo of lined paper too, a text file a visible error;
+the page shows the model's version and accuracy, loads nothing from other origins, and
+keeps the accessible basics (keyboard, labels, contrast, phone width). Screenshots go to
+tests/browser/artifacts/."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from pipeline import photos
 from serving.preprocess import digit_from_image
 from tests.serving.images import render
 from tests.support.serve import free_port
@@ -285,6 +287,26 @@ def test_uploaded_png_gets_its_label_and_shows_the_image_the_model_saw(
     np.testing.assert_array_equal(ui.seen_pixels(), digit_from_image(png))
     check_answer_matches_service(ui, png)
     assert ui.page.locator("#error").is_hidden()
+
+
+def test_uploaded_photo_of_lined_paper_shows_the_digit_found_on_it(
+    ui: Page, test_digits: tuple[np.ndarray, np.ndarray], artifacts: Path
+) -> None:
+    """A phone photo (640x480 JPEG: lined paper, uneven light, a small digit; see
+    pipeline/photos.py): the page shows the label and the 28x28 digit found in it."""
+    images, labels = test_digits
+    jpeg = photos.photo(images[1], np.random.default_rng(0))
+    ui.open()
+    ui.page.get_by_label("upload a photo or scan").set_input_files(
+        files=[{"name": "photo.jpg", "mimeType": "image/jpeg", "buffer": jpeg}]
+    )
+    ui.wait_idle()
+    ui.screenshot(artifacts, "uploaded_photo")
+    assert ui.label() == str(labels[1])
+    assert ui.page.inner_text("#source") == "From photo.jpg."
+    np.testing.assert_array_equal(ui.seen_pixels(), digit_from_image(jpeg))
+    check_answer_matches_service(ui, jpeg)
+    assert "the digit found on the page" in ui.page.inner_text("figcaption")
 
 
 def test_uploaded_text_file_shows_a_visible_error(ui: Page, artifacts: Path) -> None:

@@ -1,6 +1,7 @@
 """Depth 3: a real `bentoml serve` process on 127.0.0.1 and real HTTP requests: correct
 answers, concurrency (adaptive batching), metrics, and a corpus of malformed requests
-that must each get a JSON 4xx, never a 5xx, while the server keeps working."""
+that must each get a JSON 4xx, never a 5xx, while the server keeps working (raw bodies
+and multipart/form-data uploads alike)."""
 
 from __future__ import annotations
 
@@ -145,6 +146,18 @@ def zero_png(width: int, height: int, rows: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
+def form_of(*parts: tuple[str, bytes, str | None, str]) -> bytes:
+    """A multipart/form-data body (boundary ``b``) of (name, data, filename, Content-Type)
+    parts: a file when it has a filename, else a text field."""
+    body = b""
+    for name, data, filename, media_type in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n".encode()
+        body += f"Content-Type: {media_type}\r\n".encode() if media_type else b""
+        body += b"\r\n" + data + b"\r\n"
+    return body + b"--b--\r\n"
+
+
 def json_body(obj: object) -> bytes:
     return json.dumps(obj).encode()
 
@@ -155,6 +168,7 @@ def b64(data: bytes) -> str:
 
 JSON = "application/json"
 PNG = "image/png"
+FORM = "multipart/form-data; boundary=b"
 SKETCH_PNG = png(sketch())
 SKETCH_JPEG = jpeg(sketch())
 CORRUPT_PNG = SKETCH_PNG[:60] + bytes(b ^ 0x5A for b in SKETCH_PNG[60:120]) + SKETCH_PNG[120:]
@@ -247,7 +261,33 @@ MALFORMED: list[tuple[str, bytes, str, str]] = [
     ("/predict_image", bytes(40 * 2**20), PNG, "limit is 33554432"),
     ("/predict_image", png(Image.new("RGB", (200, 200), "white")), PNG, "blank"),
     ("/predict_image", png(Image.new("L", (1, 1), 0)), PNG, "blank"),
-    ("/predict_image", SKETCH_PNG, "multipart/form-data; boundary=x", "send image/*"),
+    # predict_image: forms that are not one image file
+    ("/predict_image", SKETCH_PNG, "multipart/form-data; boundary=x", "cannot be read"),
+    ("/predict_image", SKETCH_PNG, "multipart/form-data", "needs a boundary"),
+    ("/predict_image", b"--b\r\n", FORM, "ends before its closing boundary"),
+    ("/predict_image", form_of(), FORM, "no file part"),
+    ("/predict_image", form_of(("image", SKETCH_PNG, None, "")), FORM, "text field ('image')"),
+    (
+        "/predict_image",
+        form_of(("a", SKETCH_PNG, "a.png", PNG), ("b", SKETCH_PNG, "b.png", PNG)),
+        FORM,
+        "2 file parts",
+    ),
+    ("/predict_image", form_of(("f", b"hi", "notes.txt", "text/plain")), FORM, "not accepted"),
+    ("/predict_image", form_of(("f", b"hi", "notes.txt", "")), FORM, "not a PNG or JPEG"),
+    (
+        "/predict_image",
+        form_of(("image", SKETCH_PNG[: len(SKETCH_PNG) // 2], "d.png", PNG)),
+        FORM,
+        "truncated or corrupt PNG",
+    ),
+    (
+        "/predict_image",
+        form_of(("image", b"\x89PNG\r\n\x1a\n" + bytes(6 * 2**20), "d.png", PNG)),
+        FORM,
+        "limit is 5242880",
+    ),
+    ("/predict_image", form_of(("image", bytes(40 * 2**20), "d.png", PNG)), FORM, "33554432"),
     ("/predict_image", SKETCH_PNG, "application/vnd.bentoml+pickle", "send image/*"),
     # model_info
     ("/model_info", b"{bad", JSON, "Invalid JSON"),
@@ -281,9 +321,7 @@ def test_malformed_requests_get_a_json_4xx_saying_what_is_wrong(server: str) -> 
         # The server is still healthy and answers a valid request.
         valid = client.post("/predict", json={"images": [ZEROS]})
         assert valid.status_code == 200 and len(valid.json()["labels"]) == 1
-        assert (
-            client.post(
-                "/predict_image", content=SKETCH_PNG, headers={"Content-Type": PNG}
-            ).status_code
-            == 200
-        )
+        raw = client.post("/predict_image", content=SKETCH_PNG, headers={"Content-Type": PNG})
+        assert raw.status_code == 200
+        upload = client.post("/predict_image", files={"image": ("sketch.png", SKETCH_PNG, PNG)})
+        assert upload.status_code == 200 and upload.json() == raw.json()

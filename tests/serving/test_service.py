@@ -1,11 +1,13 @@
 """Depth 1: the service class called as plain Python (model loading, predict paths,
-model_info, refusals), checked against ONNX Runtime run directly on the same model."""
+model_info, refusals), checked against ONNX Runtime run directly on the same model; and
+/predict_image against /predict on the same digits, sent plainly or as photos on paper."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import gc
+import io
 import json
 import os
 import threading
@@ -14,10 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from pipeline import photos
 from serving.contract import INFO_FILE
 from tests.serving.fixtures import direct_onnx
-from tests.serving.images import image_variants
+from tests.serving.images import image_variants, render
+from tests.support.mnist import load_mnist
 
 
 def test_predict_is_accurate_and_equals_onnx_runtime_exactly(
@@ -106,6 +111,43 @@ def test_predict_image_reads_digits_as_people_send_them(
             right += result.label == label
             total += 1
     assert right / total > 0.8
+
+
+def labels_of(service: Any, images: list[bytes]) -> np.ndarray:
+    return np.array([asyncio.run(service.predict_image(data)).label for data in images])
+
+
+def png_of(digit: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(digit).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_predict_image_on_plain_mnist_pngs_stays_at_the_models_accuracy(service: Any) -> None:
+    """Differential: 500 test digits through /predict_image, as their own 28x28 PNG and
+    drawn larger on white paper, against /predict on the same arrays. Finding the digit
+    on a page must not cost accuracy on clean images."""
+    digits, labels = load_mnist("t10k", 500)
+    as_arrays = np.mean(
+        np.array(asyncio.run(service.predict(images=digits.tolist())).labels) == labels
+    )
+    for encode in (png_of, render):
+        as_images = np.mean(labels_of(service, [encode(digit) for digit in digits]) == labels)
+        assert as_images >= as_arrays - 0.01, (encode.__name__, as_images, as_arrays)
+
+
+@pytest.mark.parametrize("kind", ["photo", "ruled", "squared", "gradient", "noise"])
+def test_photos_of_digits_on_paper_are_read_about_as_well_as_the_arrays(
+    service: Any, test_digits: tuple[np.ndarray, np.ndarray], kind: str
+) -> None:
+    """A digit on lined or squared paper, under uneven light, noisy, or all of it in a
+    phone photo (pipeline/photos.py): found on the page and recognised."""
+    digits, labels = test_digits[0][:100], test_digits[1][:100]
+    as_arrays = np.mean(
+        np.array(asyncio.run(service.predict(images=digits.tolist())).labels) == labels
+    )
+    as_photos = np.mean(labels_of(service, photos.render(kind, digits, seed=0)) == labels)
+    assert as_photos >= as_arrays - 0.1, (as_photos, as_arrays)
 
 
 def test_model_info_passes_info_json_through(

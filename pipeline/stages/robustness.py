@@ -1,0 +1,122 @@
+"""robustness: how well one candidate reads test digits as people send them.
+
+In: ``--candidate NAME``; its ``weights.safetensors`` and ``run.json`` from train;
+``stats.json`` from normalise; ``digits.npz`` from photo_set (the same test digits
+rendered in each kind of corruption and put through the service's preprocessing). Out,
+in ``--out``: ``metrics.json`` (accuracy per kind, on the same digits as plain arrays,
+the mean over kinds, and the run id of the weights scored), ``robustness.csv`` (a row per
+kind) and ``robustness.png``. The accuracies also go into the candidate's MLflow run as
+``robustness_<kind>``, ``robustness_reference`` and ``robustness_mean``, leaving the
+run's status and end time as they are. An image the preprocessing refused counts as
+wrong, as the service would answer it with a 400.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pipeline import atomic, cli, inference, runtime, tracking
+from pipeline.params import MlflowParams, TrainParams, load_section
+
+BATCH = 512  # digits per forward pass
+
+
+def accuracy_per_kind(
+    predictor: inference.Predictor, images: np.ndarray, refused: np.ndarray, labels: np.ndarray
+) -> np.ndarray:
+    """(K, N, 28, 28) uint8 images, (K, N) refused -> (K, N) bool, read right."""
+    kinds, count = refused.shape
+    pixels = inference.to_pixels(images.reshape(kinds * count, 28, 28))
+    predicted = inference.in_batches(predictor, pixels, BATCH).argmax(1).numpy()
+    return (predicted.reshape(kinds, count) == labels[None, :]) & ~refused
+
+
+def save_plot(accuracy: dict[str, float], reference: float, path: Path, title: str) -> None:
+    """Horizontal bars: accuracy per kind, the plain-array accuracy as a dashed line."""
+    kinds = list(accuracy)[::-1]  # the first kind on top
+    fig, ax = plt.subplots(figsize=(7, 0.35 * len(kinds) + 1.2))
+    bars = ax.barh(kinds, [accuracy[kind] for kind in kinds], color="#4878a8")
+    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
+    ax.axvline(reference, color="#b04030", linestyle="--", label="the same digits as arrays")
+    ax.set(xlim=(0, 1.08), xlabel="test accuracy", title=f"{title}: digits as people send them")
+    ax.legend(loc="lower left", fontsize=8)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic.write_bytes(path, buffer.getvalue())
+
+
+def main(args) -> None:
+    started = time.perf_counter()
+    train_params = load_section(args.params, "train", TrainParams)
+    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
+    candidate = train_params.candidate(args.candidate)
+    runtime.set_threads(train_params.threads, candidate)
+    run = atomic.read_json(args.model / "run.json")
+    predictor = inference.load_predictor(
+        candidate, args.model / "weights.safetensors", atomic.read_json(args.stats)
+    )
+    photo_set = atomic.read_npz(args.photos)
+    kinds, labels = [str(kind) for kind in photo_set["kinds"]], photo_set["labels"]
+    right = accuracy_per_kind(predictor, photo_set["images"], photo_set["refused"], labels)
+    reference = accuracy_per_kind(
+        predictor, photo_set["originals"][None], np.zeros((1, len(labels)), bool), labels
+    )
+    accuracy = {kind: float(row.mean()) for kind, row in zip(kinds, right, strict=True)}
+    metrics = {
+        "run_id": run["run_id"],
+        "n_per_kind": len(labels),
+        "reference_accuracy": float(reference.mean()),
+        "mean_accuracy": float(right.mean()),
+        "accuracy": accuracy,
+    }
+    out: Path = args.out
+    atomic.write_json(out / "metrics.json", metrics)
+    atomic.write_csv(
+        out / "robustness.csv",
+        ["kind", "accuracy", "correct", "refused", "n"],
+        [
+            [kind, f"{accuracy[kind]:.4f}", int(row.sum()), int(gave_up.sum()), len(labels)]
+            for kind, row, gave_up in zip(kinds, right, photo_set["refused"], strict=True)
+        ],
+    )
+    save_plot(accuracy, metrics["reference_accuracy"], out / "robustness.png", args.candidate)
+
+    tracking.setup(mlflow_params)
+    tracking.log_robustness(
+        run,
+        {f"robustness_{kind}": value for kind, value in accuracy.items()}
+        | {
+            "robustness_reference": metrics["reference_accuracy"],
+            "robustness_mean": metrics["mean_accuracy"],
+        },
+        out,
+    )
+    worst = min(accuracy, key=accuracy.__getitem__)
+    print(
+        f"robustness: {args.candidate}: mean accuracy {metrics['mean_accuracy']:.4f} over "
+        f"{len(kinds)} kinds (worst {worst} {accuracy[worst]:.4f}; as arrays "
+        f"{metrics['reference_accuracy']:.4f}) in {time.perf_counter() - started:.1f} s"
+    )
+
+
+def cli_main(argv=None) -> None:
+    p = cli.parser("robustness", __doc__)
+    p.add_argument("--candidate", required=True, help="a key of train.candidates")
+    p.add_argument("--model", required=True, type=Path, help="the candidate's train output folder")
+    p.add_argument("--stats", required=True, type=Path, help="stats.json from normalise")
+    p.add_argument("--photos", required=True, type=Path, help="digits.npz from photo_set")
+    p.add_argument("--out", required=True, type=Path, help="folder for this candidate's report")
+    cli.run("robustness", main, p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    cli_main()
