@@ -139,14 +139,16 @@ def members(net: nn.Module) -> list[nn.Module]:
 
 class MemberLogits(nn.Module):
     """What training needs of a network: each member's logits, (B, 1, 28, 28) -> a tuple
-    of (B, 10), one per member (one for a single network). A module of its own, so that
-    DistributedDataParallel sees the whole forward pass."""
+    of (B, 10), one per member (one for a single network); given a tuple of inputs, one
+    each. A module of its own, so that DistributedDataParallel sees the whole forward."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor | tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        if isinstance(x, tuple):
+            return tuple(m(xi) for m, xi in zip(members(self.net), x, strict=True))
         return tuple(member(x) for member in members(self.net))
 
 

@@ -24,6 +24,8 @@ from pipeline.dataset import stratified_take
 from pipeline.errors import StageError
 from pipeline.params import Augment, Candidate, LogReg, TorchCandidate
 
+MEMBER_SEED_STRIDE = 1_000_003
+
 
 @dataclass
 class History:
@@ -129,7 +131,14 @@ def train_torch(
     # Subnormal floats take the CPU's slow path; R3's hidden softmax over 784 units makes
     # many of them. Flushing them to zero changes nothing a float32 model can tell.
     torch.set_flush_denormal(True)
-    generator = torch.Generator().manual_seed(seed)
+    # One seeded generator draws the order and the jitter; with member_data "own" each
+    # member k of an ensemble has its own, seeded seed + k * MEMBER_SEED_STRIDE, as if it
+    # were trained alone (the stride keeps the members of different seeds apart).
+    own = c.members > 1 and c.member_data == "own"
+    generators = [
+        torch.Generator().manual_seed(seed + k * MEMBER_SEED_STRIDE)
+        for k in range(c.members if own else 1)
+    ]
     fmt = torch.channels_last if c.is_cnn else torch.contiguous_format
     net = net.to(device=device, memory_format=fmt)
     # The whole training set moves to the device once, not a batch at a time.
@@ -159,38 +168,39 @@ def train_torch(
     )
     for epoch in range(1, c.epochs + 1):
         trainer.train()
-        order = torch.randperm(n, generator=generator)
+        orders = [torch.randperm(n, generator=g) for g in generators]
         losses: list[list[torch.Tensor]] = []  # each step's parts' losses, read once an epoch
-        correct = torch.zeros((), dtype=torch.int64, device=device)
+        correct = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, c.batch_size):
-            idx = order[start : start + c.batch_size]
-            # index_select, not x[idx]: the same rows, without advanced indexing's overhead.
-            rows = idx.to(device)
-            xb, yb = x_train.index_select(0, rows), y_train.index_select(0, rows)
-            if c.augment.enabled:  # drawn for the whole batch, so every rank draws the same
-                xb = augment(xb, c.augment, generator)
-            if context.distributed:  # this rank's part of the global batch
-                mine = context.part(len(idx))
-                xb, yb = xb[mine], yb[mine]
+            size = len(orders[0][start : start + c.batch_size])  # the global batch
+            drawn = [
+                draw(x_train, y_train, order[start : start + c.batch_size], c, g, context)
+                for order, g in zip(orders, generators, strict=True)
+            ]
             opt.zero_grad(set_to_none=True)
             parts = []
-            for part in range(0, len(yb), chunk):  # one part unless micro_batch is set
-                xc, yc = xb[part : part + chunk], yb[part : part + chunk]
-                xc = xc.contiguous(memory_format=fmt)
+            for part in range(0, len(drawn[0][1]), chunk):  # one part unless micro_batch
+                xs = [xb[part : part + chunk].contiguous(memory_format=fmt) for xb, _ in drawn]
+                ys = [yb[part : part + chunk] for _, yb in drawn]
                 with context.autocast():
-                    outputs = trainer(xc)
-                    logits = sum(outputs)
+                    if own:  # each member its own images
+                        outputs = trainer(tuple(xs))
+                        pairs = list(zip(outputs, ys, strict=True))
+                    else:  # every member the same images
+                        outputs = trainer(xs[0])
+                        pairs = [(z, ys[0]) for z in outputs]
                     # Weighted by the part's share of the global batch, the parts' (and
                     # the ranks') gradients add up to the whole batch's: the weight is
                     # exactly 1.0 for one part in one process.
-                    loss = (
-                        sum(loss_fn(z, yc) for z in outputs) / len(outputs) * (len(yc) / len(idx))
-                    )
+                    loss = sum(loss_fn(z, y) for z, y in pairs) / len(outputs) * (len(ys[0]) / size)
                 # DistributedDataParallel averages the ranks' gradients; they must add.
                 scaled = loss * context.world_size if context.distributed else loss
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 parts.append(loss.detach())
-                correct += (logits.argmax(1) == yc).sum()
+                if own:  # the members' mean accuracy on their own images
+                    correct += sum((z.argmax(1) == y).sum() for z, y in pairs) / len(pairs)
+                else:  # the ensemble's accuracy on the shared images
+                    correct += (sum(outputs).argmax(1) == ys[0]).sum()
             if scaler:
                 scaler.step(opt)
                 scaler.update()
@@ -208,7 +218,7 @@ def train_torch(
             loss * len(part)
             for loss, part in zip(step_losses, batches(n, c.batch_size), strict=True)
         )
-        correct_total = int(context.sum(correct.cpu().reshape(1))[0])
+        correct_total = float(context.sum(correct.cpu().reshape(1))[0])
         if not context.is_main:
             continue
         val_loss, val_correct = evaluate_logits(net, x_val, y_val)
@@ -230,6 +240,27 @@ def train_torch(
             on_epoch(row)
     bar.close()
     return history
+
+
+def draw(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    c: TorchCandidate,
+    generator: torch.Generator,
+    context: distributed.Context,
+):
+    """The rows ``idx`` of (x, y), jittered (drawn for the whole batch, so that every rank
+    draws the same) and cut to this rank's part of the batch."""
+    # index_select, not x[idx]: the same rows, without advanced indexing's overhead.
+    rows = idx.to(x.device)
+    xb, yb = x.index_select(0, rows), y.index_select(0, rows)
+    if c.augment.enabled:
+        xb = augment(xb, c.augment, generator)
+    if context.distributed:
+        mine = context.part(len(idx))
+        xb, yb = xb[mine], yb[mine]
+    return xb, yb
 
 
 def batches(n: int, batch_size: int) -> list[range]:

@@ -10,42 +10,12 @@ importing and mid-work, on every stage of the full pipeline.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
-import json
-
 import pytest
 
 from tests.conftest import ENABLED, Project, new_project
-from tests.support.serve import bentoml_serve
+from tests.support.faults import client, killed, promotion_under_kill
 
 pytestmark = pytest.mark.slow
-
-# Outputs whose bytes the same params must reproduce (the others carry MLflow run ids,
-# registry versions, Bento tags or timings).
-VARYING = {
-    "run.json",
-    "summary.json",
-    "summary.csv",
-    "decision.json",
-    "bento.json",
-    "model_card.md",
-    "bentofile.yaml",
-}
-MODEL = "mnist-classifier"
-
-
-def fingerprint(project: Project) -> dict[str, str]:
-    """sha256 of every reproducible output file."""
-    found = {}
-    for folder in ("data", "models", "reports"):
-        for path in sorted((project.path / folder).rglob("*")):
-            skip = path.name in VARYING or path.name == ".gitignore" or path.suffix == ".tmp"
-            if path.is_file() and not skip:
-                found[str(path.relative_to(project.path))] = hashlib.sha256(
-                    path.read_bytes()
-                ).hexdigest()
-    return found
 
 
 def unignored_leftovers(project: Project) -> list[str]:
@@ -67,14 +37,8 @@ def unignored_leftovers(project: Project) -> list[str]:
 def project(tmp_path_factory, mirror) -> Project:
     project = new_project(tmp_path_factory.mktemp("faults"), mirror)
     project.run("dvc", "repro")
-    project.clean = fingerprint(project)
+    project.clean = project.fingerprint()
     return project
-
-
-def client(project: Project):
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")
 
 
 def runs(project: Project):
@@ -82,24 +46,9 @@ def runs(project: Project):
     return c.search_runs([c.get_experiment_by_name("mnist").experiment_id])
 
 
-def killed(project: Project, stage: str, fault: str):
-    """Run one stage (and only it) with a fault; it must die as the fault says."""
-    result = project.run(
-        "dvc",
-        "repro",
-        "--force",
-        "--single-item",
-        stage,
-        check=False,
-        env={**project.env, "MNIST_FAULT": fault},
-    )
-    assert result.returncode != 0, f"{stage} survived {fault}"
-    return result
-
-
 def test_two_forced_runs_give_the_same_bytes(project):
     project.run("dvc", "repro", "--force")
-    assert fingerprint(project) == project.clean
+    assert project.fingerprint() == project.clean
 
 
 STAGES = [
@@ -118,7 +67,7 @@ STAGES = [
 def test_a_stage_killed_while_writing_is_repaired_by_the_next_repro(project, stage):
     killed(project, stage, "atomic.replace#1:kill")
     project.run("dvc", "repro")
-    assert fingerprint(project) == project.clean
+    assert project.fingerprint() == project.clean
     assert "up to date" in project.run("dvc", "status").stdout
     assert unignored_leftovers(project) == []
 
@@ -142,51 +91,19 @@ def test_sigterm_ends_the_run_killed_and_sigkill_leaves_an_orphan_the_next_run_e
         [after.info.experiment_id], filter_string=f"source_run_id = '{orphan.info.run_id}'"
     )
     assert all(str(m.status) != "PENDING" for m in logged)
-    assert fingerprint(project) == project.clean
+    assert project.fingerprint() == project.clean
 
 
-def champion_and_history(project: Project):
-    c = client(project)
-    champion = c.get_model_version_by_alias(MODEL, "champion")
-    return champion, json.loads(c.get_registered_model(MODEL).tags["champion_history"])
-
-
-def test_promotion_killed_between_register_and_alias_keeps_a_loadable_champion(project):
-    import mlflow
-
-    versions_before = client(project).search_model_versions(f"name = '{MODEL}'")
-    params = project.params()
-    params["promote"]["max_multiply_adds"] = None  # cnn_fast now fits, and validates best
-    project.write_params(params)
-    killed(project, "promote", "promote.registered:kill")
-    champion, history = champion_and_history(project)
-    versions = client(project).search_model_versions(f"name = '{MODEL}'")
-    assert len(versions) == len(versions_before) + 1  # registered, then killed
-    assert champion.tags["candidate"] == "mlp128"  # the alias did not move
-    mlflow.set_tracking_uri(f"sqlite:///{project.path / 'mlflow.db'}")
-    assert mlflow.pyfunc.load_model(f"models:/{MODEL}@champion") is not None
-
-    previous_bento = json.loads((project.path / "reports/package/bento.json").read_text())
-    killed(project, "promote", "registry.alias_moved:kill")  # moved, history not written
-    champion, history = champion_and_history(project)
-    assert champion.tags["candidate"] == "cnn_fast" and history[-1]["version"] != champion.version
-
-    # The package stage killed before building: what was served still serves.
-    killed(project, "package", "package.stored:kill")
-    with bentoml_serve(
-        previous_bento["bento"],
-        env=project.env,
-        cwd=project.path,
-        log_path=project.path / "serve.log",
-    ) as served:
-        import httpx
-
-        assert httpx.get(f"{served.url}/readyz", timeout=10).status_code == 200
-
-    project.run("dvc", "repro")
-    champion, history = champion_and_history(project)
-    assert len(client(project).search_model_versions(f"name = '{MODEL}'")) == len(versions)
-    assert history[-1]["version"] == champion.version  # no gap
-    assert all(a["version"] != b["version"] for a, b in itertools.pairwise(history))  # no double
-    bento = json.loads((project.path / "reports/package/bento.json").read_text())
-    assert bento["registry_version"] == str(champion.version) and bento["candidate"] == "cnn_fast"
+def test_promotion_and_packaging_killed_at_their_weakest_moments(project):
+    facts = promotion_under_kill(project)
+    killed_register = facts["after_register_kill"]
+    assert killed_register["versions"] == facts["versions_before"] + 1  # registered, killed
+    assert killed_register["champion"] == "mlp128" and killed_register["loadable"]
+    killed_alias = facts["after_alias_kill"]  # moved, killed before the history was written
+    assert killed_alias["champion"] == "cnn_fast" and not killed_alias["recorded"]
+    assert killed_alias["loadable"]
+    assert facts["previous_bento_serves"]  # package killed before building
+    after = facts["after_repro"]
+    assert after["versions"] == killed_register["versions"]  # no duplicate registration
+    assert after["no_gap"] and after["no_double"] and after["bento_of_champion"]
+    assert after["champion"] == "cnn_fast"

@@ -210,3 +210,34 @@ def test_an_ensemble_exports_to_onnx_with_the_same_probabilities():
     pixels = torch.rand(64, 1, 28, 28)
     check = export.check_onnx(export.export_onnx(predictor), predictor, pixels)
     assert check["label_disagreements"] == 0 and check["max_probability_diff"] < 1e-5
+
+
+def test_members_with_their_own_data_train_as_if_alone(small_data):
+    """member_data "own": member k draws its order and jitter from seed + k, so member 0
+    follows the path of a network trained alone from its initial weights (Adam ignores
+    the ensemble's 1/2 on each member's loss, up to its epsilon)."""
+    data = training.Data(
+        small_data.x_train[:500],
+        small_data.y_train[:500],
+        small_data.x_val[:100],
+        small_data.y_val[:100],
+    )
+    c = quick("cnn_fast").model_copy(
+        update={"augment": CANDIDATES["cnn_compact"].augment, "members": 2, "member_data": "own"}
+    )
+    torch.manual_seed(0)
+    ensemble = models.build(c)
+    first = {k: v.clone() for k, v in models.members(ensemble)[0].state_dict().items()}
+    training.train_torch(ensemble, c, data, seed=0)
+    alone = models.build(c.model_copy(update={"members": 1, "member_data": "shared"}))
+    alone.load_state_dict(first)
+    training.train_torch(alone, c.model_copy(update={"members": 1}), data, seed=0)
+    member = models.members(ensemble)[0].state_dict()
+    for key, value in alone.state_dict().items():
+        torch.testing.assert_close(member[key], value, rtol=1e-3, atol=1e-4)
+    shared = c.model_copy(update={"member_data": "shared"})
+    torch.manual_seed(0)
+    together = models.build(shared)
+    training.train_torch(together, shared, data, seed=0)
+    other = models.members(together)[1].state_dict()["0.weight"]
+    assert not torch.allclose(models.members(ensemble)[1].state_dict()["0.weight"], other)

@@ -16,6 +16,19 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# Outputs whose bytes the same params must reproduce are all but these, which carry MLflow
+# run ids, registry versions, Bento tags or timings.
+VARYING = {
+    "run.json",
+    "summary.json",
+    "summary.csv",
+    "decision.json",
+    "bento.json",
+    "model_card.md",
+    "bentofile.yaml",
+}
+
+
 class CommandFailed(AssertionError):
     """A command run in the project exited non-zero; the message holds its output."""
 
@@ -80,6 +93,20 @@ class Project:
             for line in result.stdout.splitlines()
             if line.startswith("Running stage")
         ]
+
+    def fingerprint(self) -> dict[str, str]:
+        """sha256 of every output file the same params must reproduce byte for byte."""
+        import hashlib
+
+        found = {}
+        for folder in ("data", "models", "reports"):
+            for path in sorted((self.path / folder).rglob("*")):
+                skip = path.name in VARYING or path.name == ".gitignore" or path.suffix == ".tmp"
+                if path.is_file() and not skip:
+                    found[str(path.relative_to(self.path))] = hashlib.sha256(
+                        path.read_bytes()
+                    ).hexdigest()
+        return found
 
     def params(self) -> dict:
         return yaml.safe_load((self.path / "params.yaml").read_text())
