@@ -22,7 +22,9 @@ over MAX_BODY_BYTES or of the wrong Content-Type (see serving/guard.py).
 Environment: MNIST_MODEL_TAG; MNIST_ORT_THREADS (ONNX Runtime intra-op threads per
 worker, default 1); MNIST_BULK_ROWS (a run of at least this many digits is split across
 the cores, default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = no batching);
-MNIST_WORKERS (worker processes, default 2, one per core).
+MNIST_WORKERS (worker processes, default 2, one per core); MNIST_MAX_CONCURRENCY (requests
+a worker takes at once, default 64; more get 429); MNIST_REQUESTS_PER_CONNECTION (answers
+before a connection is closed, default 100); MNIST_ACCESS_LOG (1: a line per request).
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from serving.batching import MicroBatcher
 from serving.contract import IMAGE_SIDE, MODEL_NAME
 from serving.guard import FORM, RequestGuard
 from serving.preprocess import BadInput, PixelDtype
+from serving.requests import RequestLog, install_filters
 from serving.runner import Runner
 
 MODEL_TAG = os.environ.get("MNIST_MODEL_TAG", f"{MODEL_NAME}:latest")
@@ -56,6 +59,13 @@ ORT_THREADS = int(os.environ.get("MNIST_ORT_THREADS", "1"))
 BULK_ROWS = int(os.environ.get("MNIST_BULK_ROWS", "2048"))
 MAX_BATCH = int(os.environ.get("MNIST_MAX_BATCH", "256"))
 WORKERS = int(os.environ.get("MNIST_WORKERS", "2"))
+# Requests a worker takes at once; more are refused at once with 429 and a JSON body
+# (BentoML's traffic.max_concurrency) rather than queued into growing latency.
+MAX_CONCURRENCY = int(os.environ.get("MNIST_MAX_CONCURRENCY", "64"))
+# A connection is closed after this many answers, so that kept-alive clients spread over
+# the workers again (after a restarted worker, say); 0 = never.
+REQUESTS_PER_CONNECTION = int(os.environ.get("MNIST_REQUESTS_PER_CONNECTION", "100"))
+ACCESS_LOG = os.environ.get("MNIST_ACCESS_LOG", "0") == "1"  # a line per request: off by default
 MAX_BODY_BYTES = 32 * 2**20  # 10,000 uint8 digits as a JSON list fit; floats need images_b64
 
 # BentoML's /metrics gathers prometheus_client metrics from all workers (multiprocess mode).
@@ -134,7 +144,10 @@ UNTRACED_ROUTES = [
 
 
 @bentoml.service(
-    workers=WORKERS, traffic={"timeout": 30}, tracing={"excluded_urls": UNTRACED_ROUTES}
+    workers=WORKERS,
+    traffic={"timeout": 30, "max_concurrency": MAX_CONCURRENCY},
+    tracing={"excluded_urls": UNTRACED_ROUTES},
+    logging={"access": {"enabled": ACCESS_LOG}},
 )
 @bentoml.asgi_app(ui.app, path="/ui", name="ui")  # BentoML keeps its OpenAPI UI at /
 class MNISTClassifier:
@@ -224,6 +237,8 @@ class MNISTClassifier:
         }
 
 
+install_filters()
+MNISTClassifier.add_asgi_middleware(RequestLog, max_requests=REQUESTS_PER_CONNECTION)
 MNISTClassifier.add_asgi_middleware(
     RequestGuard,
     max_bytes=MAX_BODY_BYTES,
