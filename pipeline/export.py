@@ -55,3 +55,80 @@ def check_onnx(onnx_bytes: bytes, predictor: torch.nn.Module, pixels: torch.Tens
             f"{max_diff:.2e} (limit {MAX_PROB_DIFF:.0e}); not packaged"
         )
     return {"images": len(pixels), "label_disagreements": 0, "max_probability_diff": max_diff}
+
+
+# The quantized model may disagree with the float one on at most this share of the test
+# digits' labels, and lose at most this much accuracy; more stops the package stage.
+MIN_LABEL_AGREEMENT = 0.999
+MAX_ACCURACY_LOSS = 0.0005
+
+
+def quantize_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
+    """Static int8 quantization (QDQ, per-channel weights), with activation ranges
+    calibrated on ``calibration`` (N, 1, 28, 28) float32 pixels of training images. Int8
+    convolutions and matrix products run on the CPU's integer units (VNNI, AMX)."""
+    import tempfile
+    from pathlib import Path
+
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration[i : i + 256] for i in range(0, len(calibration), 256))
+
+        def get_next(self) -> dict | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {INPUT_NAME: batch}
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "float.onnx").write_bytes(onnx_bytes)
+        # Shape inference and graph clean-up first, as ONNX Runtime advises; an ensemble's
+        # graph defeats the symbolic shape inference, which the ONNX one then replaces.
+        quant_pre_process(folder / "float.onnx", folder / "ready.onnx", skip_symbolic_shape=True)
+        quantize_static(
+            folder / "ready.onnx",
+            folder / "int8.onnx",
+            Batches(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+        )
+        return (folder / "int8.onnx").read_bytes()
+
+
+def run(onnx_bytes: bytes, pixels: np.ndarray) -> np.ndarray:
+    """ONNX Runtime's probabilities for (N, 1, 28, 28) pixels, in batches."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    return np.concatenate(
+        [
+            session.run(None, {INPUT_NAME: pixels[i : i + 2000]})[0]
+            for i in range(0, len(pixels), 2000)
+        ]
+    )
+
+
+def check_quantized(int8: bytes, float32: bytes, pixels: np.ndarray, labels: np.ndarray) -> dict:
+    """Compare the int8 model with the float one on the test digits; raise StageError if
+    their labels agree on less than MIN_LABEL_AGREEMENT or int8 loses more than
+    MAX_ACCURACY_LOSS of accuracy."""
+    quantized, reference = run(int8, pixels).argmax(1), run(float32, pixels).argmax(1)
+    agreement = float((quantized == reference).mean())
+    loss = float((reference == labels).mean() - (quantized == labels).mean())
+    if agreement < MIN_LABEL_AGREEMENT or loss > MAX_ACCURACY_LOSS:
+        raise StageError(
+            f"the int8 model agrees with the float one on {agreement:.2%} of {len(labels)} test "
+            f"digits (at least {MIN_LABEL_AGREEMENT:.1%} needed) and changes the accuracy by "
+            f"{-loss:+.2%} (a loss of at most {MAX_ACCURACY_LOSS:.2%} allowed); not packaged "
+            "(promote.quantize: none serves the float model)"
+        )
+    return {"images": len(labels), "label_agreement": agreement, "accuracy_loss": loss}

@@ -250,6 +250,9 @@ class PromoteParams(Section):
     # The serving budget: only candidates of at most this many multiply-adds an image may
     # become champion; null = any.
     max_multiply_adds: PosInt | None
+    # What package serves: the float ONNX export, or its int8 quantization (checked
+    # against the float model on the test digits; a failed check stops the stage).
+    quantize: Literal["none", "int8"]
 
 
 S = TypeVar("S", bound=Section)
