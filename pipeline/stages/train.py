@@ -163,22 +163,24 @@ def train(
         )
         log_datasets(data, lineage)
         started = time.perf_counter()
+        epoch_seconds: list[float] = []  # since the start, at each epoch's end
+
+        def on_epoch(row: dict) -> None:
+            epoch_seconds.append(round(time.perf_counter() - started, 3))
+            metrics = {k: v for k, v in row.items() if k != "epoch"}
+            mlflow.log_metrics(metrics | {"seconds": epoch_seconds[-1]}, step=row["epoch"])
+
         clf = None
         if c.is_torch:
             net = models.build(c)
             history = training.train_torch(
-                net,
-                c,
-                data,
-                params.seed,
-                on_epoch=lambda row: mlflow.log_metrics(
-                    {k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"]
-                ),
-                context=context,
+                net, c, data, params.seed, on_epoch=on_epoch, context=context
             )
         else:
             clf, history, net = training.train_logreg(c, data, params.seed)
         seconds = time.perf_counter() - started
+        if not epoch_seconds:  # logistic regression: one fit
+            epoch_seconds.append(round(seconds, 3))
         # Back on the CPU, whatever trained it: the final validation, the weights, the
         # logged model and everything after are the same on every device.
         net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
@@ -215,6 +217,7 @@ def train(
             "experiment_id": experiment_id,
             "candidate": args.candidate,
             "train_seconds": round(seconds, 3),
+            "epoch_seconds": epoch_seconds,
             "images_per_s": round(images_per_s, 1),
             "threads": threads,
             "ended_ms": mlflow.MlflowClient().get_run(run.info.run_id).info.end_time,
