@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint bench reproduce serve ui clean system-tools stack-up stack-down
+.PHONY: install run test lint bench reproduce chaos serve ui clean system-tools stack-up stack-down
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
@@ -50,6 +50,9 @@ bench: install system-tools  ## speed figures, written to docs/performance.md
 reproduce: install      ## the R1-R5 reproduction table (docs/reproduction.md), several seeds
 	dvc repro normalise
 	$(PY) -m bench.reproduce
+
+chaos: install system-tools  ## kills, faults, overload, hostile input: docs/reliability.md (after make run)
+	$(PY) -m bench.chaos
 
 stack-up: install system-tools  ## a team's tracking stack on 127.0.0.1: PostgreSQL, S3, mlflow server
 	$(PY) -m deploy.stack up

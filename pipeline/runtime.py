@@ -8,6 +8,8 @@ train, evaluate and the benchmarks, so that a candidate is timed as the pipeline
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -29,3 +31,15 @@ def set_threads(threads: int, candidate: Candidate, processes: int = 1) -> int:
     n = threads_for(threads, candidate, processes)
     torch.set_num_threads(n)
     return n
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one intra-op thread inside the block: results that do not depend on how
+    the work was split between threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

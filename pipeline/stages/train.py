@@ -185,11 +185,13 @@ def train(
         # logged model and everything after are the same on every device.
         net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
         predictor = inference.make_predictor(c, net, stats)
-        # The final validation as evaluate computes (CNNs in channels_last, on a copy): the
-        # same bytes on every run, where the contiguous layout's BLAS calls can split their
-        # work by the machine's load, and so round differently, from run to run.
+        # The final validation (CNNs in channels_last, on a copy), on one thread: the same
+        # bytes on every run. On two, a CNN's validation loss has been seen to move in its
+        # 6th digit now and then from the same weights, the work split between the threads
+        # differently (while MLflow's system-metrics thread samples, it seems).
         checker = inference.make_predictor(c, copy.deepcopy(net), stats, channels_last=True)
-        val_probs = inference.in_batches(checker.from_standardised, data.x_val)
+        with runtime.one_thread():
+            val_probs = inference.in_batches(checker.from_standardised, data.x_val)
         final = final_metrics(history, val_probs, data.y_val, net)
         epochs = c.epochs if c.is_torch else 1
         images_per_s = len(data.y_train) * epochs / seconds

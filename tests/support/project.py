@@ -5,6 +5,7 @@ benchmarks.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -95,7 +96,8 @@ class Project:
         ]
 
     def fingerprint(self) -> dict[str, str]:
-        """sha256 of every output file the same params must reproduce byte for byte."""
+        """sha256 of every output file the same params must reproduce byte for byte (a
+        JSON output without its MLflow ``run_id``, which names the run, not a result)."""
         import hashlib
 
         found = {}
@@ -103,9 +105,10 @@ class Project:
             for path in sorted((self.path / folder).rglob("*")):
                 skip = path.name in VARYING or path.name == ".gitignore" or path.suffix == ".tmp"
                 if path.is_file() and not skip:
-                    found[str(path.relative_to(self.path))] = hashlib.sha256(
-                        path.read_bytes()
-                    ).hexdigest()
+                    data = path.read_bytes()
+                    if path.suffix == ".json":
+                        data = comparable_json(data)
+                    found[str(path.relative_to(self.path))] = hashlib.sha256(data).hexdigest()
         return found
 
     def params(self) -> dict:
@@ -113,6 +116,14 @@ class Project:
 
     def write_params(self, params: dict) -> None:
         (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def comparable_json(data: bytes) -> bytes:
+    """A JSON output as the fingerprint compares it: without a top-level ``run_id``."""
+    value = json.loads(data)
+    if isinstance(value, dict):
+        value.pop("run_id", None)
+    return json.dumps(value, sort_keys=True).encode()
 
 
 def new_project(path: Path, mirror: Path, profile=small_profile) -> Project:
