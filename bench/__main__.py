@@ -3,7 +3,8 @@
     python -m bench [--skip-repro] [--skip-training] [--skip-serving] [--skip-team] [--out FILE]
 
 Calibrates the machine once (the page's header), then runs bench/pipeline_bench.py,
-bench/distributed_bench.py, bench/serving_bench.py and bench/team_bench.py. A partial run
+bench/distributed_bench.py, bench/serving_bench.py, bench/robustness_bench.py and
+bench/team_bench.py. A partial run
 (any --skip) writes to bench/out/performance.md unless --out says otherwise, so the page
 in docs/ always holds a whole run. GPU figures: bench/gpu.py, on a machine with one.
 """
@@ -13,7 +14,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench import distributed_bench, pipeline_bench, serving_bench, team_bench
+from bench import (
+    distributed_bench,
+    pipeline_bench,
+    robustness_bench,
+    serving_bench,
+    team_bench,
+)
 from bench.report import ROOT, Report
 
 
@@ -38,6 +45,7 @@ def main() -> None:
         distributed_bench.run_all(report)
     if not args.skip_serving:
         serving_bench.run_all(report)
+        robustness_bench.run_all(report)
     if not args.skip_team:
         team_bench.run_all(report)
     report.write(out)

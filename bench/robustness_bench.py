@@ -27,7 +27,6 @@ import argparse
 import io
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,11 +35,11 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from bench.report import ROOT, Report
-from bench.serving_bench import Server, serve, stored_champion, wrk
+from bench.serving_bench import Server, model_to_serve, serve, wrk
 from pipeline import photos
 from pipeline.params import RobustnessParams, load_section
 from serving import preprocess
-from serving.contract import IMAGE_SIDE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME
+from serving.contract import IMAGE_SIDE, INPUT_NAME, OUTPUT_NAME
 from tests.support.mnist import load_mnist
 
 ACCURACY = "Robustness: accuracy per kind of corruption"
@@ -118,10 +117,10 @@ def accuracy(session, digits: np.ndarray, labels: np.ndarray) -> float:
     return float((probabilities.argmax(axis=1) == labels).mean())
 
 
-def accuracy_before_and_after(report: Report, model_path: Path, tag: str, per_kind: int) -> None:
+def accuracy_before_and_after(report: Report, onnx_path: Path, tag: str, per_kind: int) -> None:
     from serving.runner import make_session
 
-    session = make_session(model_path / MODEL_FILE)
+    session = make_session(onnx_path)
     params = load_section(ROOT / "params.yaml", "robustness", RobustnessParams)
     test_images, test_labels = load_mnist("t10k")
     index = np.sort(
@@ -236,21 +235,6 @@ def load_row(
     )
 
 
-def stand_in(env: dict[str, str], home: Path) -> tuple[str, Path]:
-    """Build the stand-in model into a store of its own, in a subprocess (BentoML fixes
-    its store when first used in a process): its tag and folder."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.support.fixture_model"],
-        env={**env, "BENTOML_HOME": str(home)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    tag, path = result.stdout.strip().splitlines()[-1].removeprefix("stored ").split(" in ")
-    return tag, Path(path)
-
-
 def run_all(
     report: Report,
     model_tag: str | None = None,
@@ -262,16 +246,9 @@ def run_all(
         sys.exit("this benchmark needs wrk: apt-get install -y wrk")
     workdir = Path(tempfile.mkdtemp(prefix="robustness_bench_"))
     env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
-    tag = model_tag or stored_champion()
-    if tag is None:  # no `make run` yet: the stand-in, in a store of its own
-        env["BENTOML_HOME"] = str(workdir / "bentoml")
-        tag, model_path = stand_in(env, workdir / "bentoml")
-    else:
-        import bentoml
-
-        model_path = Path(bentoml.models.get(tag).path)
+    tag, onnx_path = model_to_serve(env, workdir, model_tag)
     env["MNIST_MODEL_TAG"] = tag
-    accuracy_before_and_after(report, model_path, tag, per_kind)
+    accuracy_before_and_after(report, onnx_path, tag, per_kind)
     photo_load(report, env, workdir, duration, concurrency)
     shutil.rmtree(workdir, ignore_errors=True)
 

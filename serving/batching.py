@@ -28,8 +28,10 @@ class MicroBatcher:
         *,
         max_batch: int,
         on_batch: Callable[[int], None] = lambda size: None,
+        inline_rows: int = 0,
     ) -> None:
         self._run = run
+        self._inline_rows = inline_rows  # runs of at most this many rows block the loop
         self._max_batch = max_batch
         self._on_batch = on_batch  # called with each run's row count (for metrics)
         self._queue: deque[tuple[np.ndarray, asyncio.Future[np.ndarray]]] = deque()
@@ -60,7 +62,10 @@ class MicroBatcher:
             inputs = np.concatenate([x for x, _ in batch]) if len(batch) > 1 else batch[0][0]
             self._on_batch(len(inputs))
             try:
-                outputs = await asyncio.to_thread(self._run, inputs)
+                if len(inputs) <= self._inline_rows:  # cheaper than the hop to a thread
+                    outputs = self._run(inputs)
+                else:
+                    outputs = await asyncio.to_thread(self._run, inputs)
             except Exception as exc:  # every caller in the batch sees the model's error
                 for _, future in batch:
                     if not future.done():

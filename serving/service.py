@@ -22,6 +22,7 @@ over MAX_BODY_BYTES or of the wrong Content-Type (see serving/guard.py).
 Environment: MNIST_MODEL_TAG; MNIST_ORT_THREADS (ONNX Runtime intra-op threads per
 worker, default 1); MNIST_BULK_ROWS (a run of at least this many digits is split across
 the cores, default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = no batching);
+MNIST_INLINE_ROWS (a model run of at most this many rows stays on the event loop, default 16);
 MNIST_WORKERS (worker processes, default 2, one per core); MNIST_MAX_CONCURRENCY (requests
 a worker takes at once, default 64; more get 429); MNIST_REQUESTS_PER_CONNECTION (answers
 before a connection is closed, default 100); MNIST_ACCESS_LOG (1: a line per request).
@@ -58,6 +59,9 @@ MODEL_TAG = os.environ.get("MNIST_MODEL_TAG", f"{MODEL_NAME}:latest")
 ORT_THREADS = int(os.environ.get("MNIST_ORT_THREADS", "1"))
 BULK_ROWS = int(os.environ.get("MNIST_BULK_ROWS", "2048"))
 MAX_BATCH = int(os.environ.get("MNIST_MAX_BATCH", "256"))
+# A model run of at most this many digits (well under a millisecond) runs on the event
+# loop itself: handing it to a thread and back costs more than the run.
+INLINE_ROWS = int(os.environ.get("MNIST_INLINE_ROWS", "16"))
 WORKERS = int(os.environ.get("MNIST_WORKERS", "2"))
 # Requests a worker takes at once; more are refused at once with 429 and a JSON body
 # (BentoML's traffic.max_concurrency) rather than queued into growing latency.
@@ -158,7 +162,10 @@ class MNISTClassifier:
     def __init__(self) -> None:
         self.runner = Runner(Path(self.model.path), threads=ORT_THREADS, bulk_rows=BULK_ROWS)
         self.batcher = MicroBatcher(
-            self.runner.run, max_batch=MAX_BATCH, on_batch=BATCH_ROWS.observe
+            self.runner.run,
+            max_batch=MAX_BATCH,
+            on_batch=BATCH_ROWS.observe,
+            inline_rows=INLINE_ROWS,
         )
         # Everything loaded so far (BentoML, pydantic, ONNX Runtime) lives as long as the
         # worker. A full garbage collection would walk all of it, pausing the event loop

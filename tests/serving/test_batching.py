@@ -83,3 +83,26 @@ def test_a_cancelled_caller_is_skipped() -> None:
 
     assert len(asyncio.run(scenario())) == 1
     assert model.batches == [1]
+
+
+def test_small_runs_stay_on_the_event_loop_and_big_ones_go_to_a_thread() -> None:
+    import threading
+
+    threads: list[tuple[int, int]] = []  # (rows, thread id)
+
+    def model(x: np.ndarray) -> np.ndarray:
+        threads.append((len(x), threading.get_ident()))
+        return x * 2
+
+    batcher = MicroBatcher(model, max_batch=64, inline_rows=4)
+
+    async def both() -> int:
+        small = await batcher(np.ones((4, 3), np.float32))
+        big = await batcher(np.ones((5, 3), np.float32))
+        np.testing.assert_array_equal(small, 2)
+        np.testing.assert_array_equal(big, 2)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(both())
+    assert threads[0] == (4, loop_thread)
+    assert threads[1][0] == 5 and threads[1][1] != loop_thread
