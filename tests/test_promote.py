@@ -46,7 +46,10 @@ def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
 def decide(store, rows, min_improvement=0.0):
     summary = {r["candidate"]: r for r in rows}
     params = PromoteParams(
-        registered_model=NAME, min_improvement=min_improvement, max_multiply_adds=None
+        registered_model=NAME,
+        min_improvement=min_improvement,
+        max_multiply_adds=None,
+        quantize="none",
     )
     return promote.promote(summary, params, store)
 

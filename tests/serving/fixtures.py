@@ -101,11 +101,17 @@ def client(service_class: Any) -> Iterator[Any]:
 def server(
     model_tag: str, bentoml_home: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
-    """Depth 3: `bentoml serve` in a subprocess on 127.0.0.1; yields its base URL."""
+    """Depth 3: `bentoml serve` in a subprocess on 127.0.0.1; yields its base URL.
+
+    It has a BentoML home of its own that shares the session's model store: every
+    `bentoml serve` empties its home's Prometheus folder as it starts, so a second server
+    on the session's home would wipe this one's /metrics, which tests read."""
+    home = tmp_path_factory.mktemp("server-home")
+    (home / "models").symlink_to(bentoml_home / "models", target_is_directory=True)
     env = {
         **os.environ,
         "MNIST_WORKERS": "1",
-        "BENTOML_HOME": str(bentoml_home),
+        "BENTOML_HOME": str(home),
         "MNIST_MODEL_TAG": model_tag,
     }
     log_path = tmp_path_factory.mktemp("server") / "serve.log"
