@@ -22,6 +22,12 @@ import numpy as np
 from pipeline import faults
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only on success."""
@@ -30,6 +36,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a killed writer
         stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # mkstemp makes the file private (0600); an output gets the mode open() would give it.
+    os.chmod(fd, 0o666 & ~_umask())
     os.close(fd)
     tmp_path = Path(tmp)
     try:
