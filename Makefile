@@ -52,7 +52,7 @@ reproduce: install      ## the R1-R5 reproduction table (docs/reproduction.md), 
 	$(PY) -m bench.reproduce
 
 chaos: install system-tools  ## kills, faults, overload, hostile input: docs/reliability.md (after make run)
-	$(PY) -m bench.chaos
+	$(PY) -m bench.chaos $(CHAOS_ARGS)
 
 stack-up: install system-tools  ## a team's tracking stack on 127.0.0.1: PostgreSQL, S3, mlflow server
 	$(PY) -m deploy.stack up

@@ -224,6 +224,12 @@ def run_pipeline(
         f"{survived} of {len(trials)} kills survived: whole outputs, "
         "repaired to the clean run's bytes, clean status, no RUNNING run.",
     )
+    if only:
+        report.note(
+            SECTION,
+            f"This run killed only {', '.join(chosen)} (--stages {','.join(only)}); "
+            "`make chaos` kills every stage.",
+        )
     project.run("dvc", "repro", "--force")
     report.row(
         "Determinism",
