@@ -201,9 +201,9 @@ SECTION = "Serving"
 
 
 @contextmanager
-def plain_endpoint(onnx_path: Path, log_path: Path) -> Iterator[str]:
+def plain_endpoint(onnx_path: Path, log_path: Path) -> Iterator[Server]:
     """bench/fastapi_baseline.py under uvicorn, 2 workers on 127.0.0.1, serving onnx_path;
-    yields its URL and stops its process group whatever happens."""
+    yields it as a Server (URL and pid) and stops its process group whatever happens."""
     port = free_port()
     command = [
         sys.executable,
@@ -240,7 +240,7 @@ def plain_endpoint(onnx_path: Path, log_path: Path) -> Iterator[str]:
             if process.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"the plain endpoint did not start:\n{log_path.read_text()[-2000:]}")
             time.sleep(0.3)
-        yield url
+        yield Server(url, process.pid)
     finally:
         stop(process)
 
@@ -353,7 +353,7 @@ def run_all(
             f"{result.p50_ms:.1f} ms",
             f"{result.p99_ms:.1f} ms",
             f"{cpu_ms:.2f} ms",
-            f"{rows / max(runs, 1):.1f}",
+            f"{rows / runs:.1f}" if runs else "(not counted)",
             str(result.errors),
             target,
         )
