@@ -24,7 +24,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from PIL import Image
 from bench.report import ROOT, Report
 from bench.serving_bench import model_to_serve, png_of
 from tests.support.mnist import load_mnist
-from tests.support.serve import bentoml_serve
+from tests.support.serve import bentoml_serve, schemathesis_run
 
 SECTION = "The service under load and faults"
 HOSTILE = "Hostile input"
@@ -314,23 +313,8 @@ def hostile_requests(
 
     before = rss_mb(workers(root))
     result = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "st"),
-            "run",
-            f"{url}/docs.json",
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            str(max(1, examples // 3)),
-            "--seed",
-            str(seed),
-            "--workers",
-            "1",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--suppress-health-check",
-            "all",
-        ],
+        schemathesis_run(url, max(1, examples // 3), seed),
+        cwd=workdir,
         capture_output=True,
         text=True,
         timeout=1800,

@@ -5,36 +5,19 @@ server answers normally afterwards."""
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+from tests.support.serve import schemathesis_run
 
-ST = Path(sys.executable).parent / "st"
+pytestmark = pytest.mark.slow
 
 
 def test_generated_requests_never_get_a_server_error(server: str, tmp_path: Path) -> None:
     result = subprocess.run(
-        [
-            str(ST),
-            "run",
-            f"{server}/docs.json",
-            "--checks",
-            "not_a_server_error",
-            "--max-examples",
-            "25",
-            "--seed",
-            "1",
-            "--workers",
-            "1",
-            "--phases",
-            "examples,coverage,fuzzing",
-            "--suppress-health-check",
-            "all",
-        ],
+        schemathesis_run(server, max_examples=25, seed=1),
         capture_output=True,
         text=True,
         timeout=600,

@@ -91,3 +91,25 @@ def bentoml_serve(
         yield Server(url, process.pid)
     finally:
         stop(process)
+
+
+def schemathesis_run(url: str, max_examples: int, seed: int) -> list[str]:
+    """`st run` against the service's own OpenAPI schema: seeded, one worker, every
+    generation phase, and only a 5xx counts as a failure."""
+    return [
+        str(Path(sys.executable).parent / "st"),
+        "run",
+        f"{url}/docs.json",
+        "--checks",
+        "not_a_server_error",
+        "--max-examples",
+        str(max_examples),
+        "--seed",
+        str(seed),
+        "--workers",
+        "1",
+        "--phases",
+        "examples,coverage,fuzzing",
+        "--suppress-health-check",
+        "all",
+    ]
