@@ -49,10 +49,10 @@ bench: install system-tools  ## speed figures, written to docs/performance.md
 
 reproduce: install      ## the R1-R5 reproduction table (docs/reproduction.md), several seeds
 	dvc repro normalise
-	$(PY) -m bench.reproduce
+	$(PY) -m reproduction
 
 chaos: install system-tools  ## kills, faults, overload, hostile input: docs/reliability.md (after make run)
-	$(PY) -m bench.chaos $(CHAOS_ARGS)
+	$(PY) -m reliability $(CHAOS_ARGS)
 
 stack-up: install system-tools  ## a team's tracking stack on 127.0.0.1: PostgreSQL, S3, mlflow server
 	$(PY) -m deploy.stack up

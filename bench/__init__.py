@@ -1,1 +1,1 @@
-"""Benchmarks that print figures (see ``make bench`` and ``python -m bench.reproduce``)."""
+"""Speed benchmarks that print figures: `make bench` writes docs/performance.md."""

@@ -21,7 +21,7 @@ from bench import (
     serving_bench,
     team_bench,
 )
-from bench.report import ROOT, Report
+from harness.report import ROOT, Report
 
 
 def main() -> None:

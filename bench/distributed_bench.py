@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import Report
+from harness.report import Report
 from pipeline import atomic, distributed, models, training
 from pipeline.params import FetchParams, SplitParams, TrainParams, load_section
 from pipeline.stages import fetch, normalise, split

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.report import ROOT, Report
+from harness.report import ROOT, Report
 from pipeline import distributed, inference, models, training
 from pipeline.params import FetchParams, SplitParams, TrainParams, load_section
 from pipeline.stages import fetch, normalise, split

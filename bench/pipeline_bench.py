@@ -24,12 +24,12 @@ from pathlib import Path
 
 import torch
 
-from bench.report import Report, timed
+from harness.mnist import mirror
+from harness.project import new_project
+from harness.report import Report, timed
 from pipeline import inference, models, runtime, training
 from pipeline.params import EvaluateParams, FetchParams, SplitParams, TrainParams, load_section
 from pipeline.stages import fetch, normalise, split
-from tests.support.mnist import mirror
-from tests.support.project import new_project
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"

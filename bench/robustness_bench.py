@@ -14,7 +14,7 @@ Measures:
   request (target: at least 300 req/s on 2 cores).
 
 In: the model to serve, as bench/serving_bench.py chooses it (--model-tag; else the
-champion `make run` packaged; else the stand-in of tests/support/fixture_model.py in a
+champion `make run` packaged; else the stand-in of harness/fixture_model.py in a
 temporary store); the MNIST mirror; wrk (`apt-get install -y wrk`). Out: tables on stdout.
 Loopback only; every load run is bounded.
 
@@ -34,13 +34,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.report import ROOT, Report
 from bench.serving_bench import Server, model_to_serve, serve, wrk
+from harness.mnist import load_mnist
+from harness.report import ROOT, Report
 from pipeline import photos
 from pipeline.params import RobustnessParams, load_section
 from serving import preprocess
 from serving.contract import IMAGE_SIDE, INPUT_NAME, OUTPUT_NAME
-from tests.support.mnist import load_mnist
 
 ACCURACY = "Robustness: accuracy per kind of corruption"
 SPEED = "Serving photos"

@@ -9,7 +9,7 @@ Measures, each for --duration seconds at --concurrency connections:
 
 In: the model to serve: --model-tag (from the store BENTOML_HOME points at); else the
 model that `make run` packaged last (mnist-classifier:latest, the champion); else, before
-any `make run`, the stand-in from tests/support/fixture_model.py in a temporary store.
+any `make run`, the stand-in from harness/fixture_model.py in a temporary store.
 Needs wrk (`apt-get install -y wrk`) and the MNIST mirror (MNIST_MIRROR or ../shared/mnist).
 Out: a table on stdout. Loopback only; every load run is bounded.
 `python -m bench` runs this with the pipeline benchmark and writes docs/performance.md.
@@ -41,9 +41,9 @@ import numpy as np
 import psutil  # a BentoML dependency
 from PIL import Image
 
-from bench.report import Report
-from tests.support.mnist import load_mnist
-from tests.support.serve import ServeError, bentoml_serve, free_port, stop
+from harness.mnist import load_mnist
+from harness.report import Report
+from harness.serve import ServeError, bentoml_serve, free_port, stop
 
 REPO = Path(__file__).resolve().parents[1]
 WRK_SCRIPT = """
@@ -178,7 +178,7 @@ def model_to_serve(env: dict, workdir: Path, model_tag: str | None = None) -> tu
         sys.exit(f"model {model_tag} is not in the BentoML store:\n{found.stderr[-2000:]}")
     env["BENTOML_HOME"] = str(workdir / "bentoml")  # no `make run` yet: the stand-in
     subprocess.run(
-        [sys.executable, "-m", "tests.support.fixture_model"],
+        [sys.executable, "-m", "harness.fixture_model"],
         cwd=REPO,
         env=env,
         check=True,

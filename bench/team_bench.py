@@ -23,12 +23,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.report import ROOT, Report, timed
 from deploy import stack as team_stack
-from tests.support.experiments import run_queue
-from tests.support.mnist import mirror
-from tests.support.project import Project, new_project, small_profile
-from tests.support.serve import free_port
+from harness.experiments import run_queue
+from harness.mnist import mirror
+from harness.project import Project, new_project, small_profile
+from harness.report import ROOT, Report, timed
+from harness.serve import free_port
 
 SECTION = "Working as a team"
 

@@ -1,4 +1,4 @@
-"""Failures on purpose, for the tests and the chaos script (bench/chaos.py): a stage calls
+"""Failures on purpose, for the tests and the chaos script (reliability/suite.py): a stage calls
 ``point("name")`` where a failure must be survivable, and nothing happens unless the
 environment asks for it.
 

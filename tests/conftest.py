@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import mnist as mnist_files
-from tests.support.project import ENABLED, Project, new_project  # noqa: F401  (shared)
+from harness import mnist as mnist_files
+from harness.project import ENABLED, Project, new_project  # noqa: F401  (shared)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -52,7 +52,7 @@ def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
     )
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     subprocess.run(
-        [sys.executable, "-m", "tests.support.ddp_steps", str(one)],
+        [sys.executable, "-m", "harness.ddp_steps", str(one)],
         cwd=ROOT,
         check=True,
         capture_output=True,
@@ -64,7 +64,7 @@ def test_two_ranks_take_the_same_steps_as_one_process(tmp_path):
             "--nproc-per-node",
             "2",
             "-m",
-            "tests.support.ddp_steps",
+            "harness.ddp_steps",
             str(two),
         ],
         cwd=ROOT,
@@ -82,7 +82,7 @@ def ddp_project(tmp_path_factory, mirror):
     """The small profile with mlp128 alone, trained once in one process."""
 
     def only_mlp128(params):
-        from tests.support.project import small_profile
+        from harness.project import small_profile
 
         params = small_profile(params)
         params["train"]["enabled"] = ["mlp128"]

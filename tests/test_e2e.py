@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from harness.serve import bentoml_serve
 from tests.conftest import ENABLED, new_project
-from tests.support.serve import bentoml_serve
 
 pytestmark = pytest.mark.slow
 
@@ -208,7 +208,7 @@ def test_queued_experiments_share_the_sqlite_store_two_at_a_time(project, first_
     both finish (SQLite waits for its lock instead of failing) and both runs are there."""
     from mlflow.tracking import MlflowClient
 
-    from tests.support.experiments import run_queue
+    from harness.experiments import run_queue
 
     experiments = run_queue(project, ["0.0007", "0.0015"], jobs=2)
     assert len(experiments) == 2

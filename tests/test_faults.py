@@ -4,7 +4,7 @@ the next `dvc repro`, byte for byte; MLflow runs end truthfully; promotion and p
 survive a kill at their weakest moments; and two forced runs give the same bytes.
 
 Kills come from pipeline/faults.py (MNIST_FAULT), at the moment the issue names "while
-writing outputs": just before an atomic write's rename. bench/chaos.py adds kills while
+writing outputs": just before an atomic write's rename. reliability/suite.py adds kills while
 importing and mid-work, on every stage of the full pipeline.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import pytest
 
+from harness.faults import client, killed, promotion_under_kill
 from tests.conftest import ENABLED, Project, new_project
-from tests.support.faults import client, killed, promotion_under_kill
 
 pytestmark = pytest.mark.slow
 

@@ -8,10 +8,10 @@ import onnx
 import pytest
 import torch
 
+from harness.fixture_model import to_model_input, train
+from harness.mnist import load_mnist
 from pipeline import export
 from pipeline.errors import StageError
-from tests.support.fixture_model import to_model_input, train
-from tests.support.mnist import load_mnist
 
 
 class Pixels(torch.nn.Module):

@@ -1,14 +1,14 @@
-"""bench.reproduce: the verdict rule, and a real short run on a few thousand digits."""
+"""reproduction.study: the verdict rule, and a real short run on a few thousand digits."""
 
 import json
 
 import numpy as np
 import pytest
 
-from bench import reproduce
 from pipeline import atomic
 from pipeline.params import TrainParams, load_section
 from pipeline.stages import normalise
+from reproduction import study as reproduce
 from tests.conftest import ROOT
 
 R2 = next(r for r in reproduce.REFERENCES if r.id == "R2")  # 97.27 ± 0.43
@@ -101,4 +101,4 @@ def test_bad_arguments_exit_with_usage(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         reproduce.parse_args(argv)
     assert exit_info.value.code == 2
-    assert "usage: python -m bench.reproduce" in capsys.readouterr().err
+    assert "usage: python -m reproduction" in capsys.readouterr().err

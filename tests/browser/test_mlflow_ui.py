@@ -29,7 +29,7 @@ import yaml
 from playwright.sync_api import expect
 
 from deploy.ui import runs_page
-from tests.support.serve import free_port, stop
+from harness.serve import free_port, stop
 
 pytestmark = pytest.mark.slow
 

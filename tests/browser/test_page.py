@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from harness.serve import free_port
 from pipeline import photos
 from serving.preprocess import digit_from_image
 from tests.serving.images import render
-from tests.support.serve import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.support.serve import free_port
+from harness.serve import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -3,7 +3,7 @@ both folders share one instance of each): a stand-in model in a temporary BentoM
 service at three depths (the class itself, TestClient over its ASGI app, a real
 `bentoml serve` process on 127.0.0.1), and real MNIST test digits.
 
-The model is tests/support/fixture_model.py's tiny MLP (seconds to train), stored as the
+The model is harness/fixture_model.py's tiny MLP (seconds to train), stored as the
 pipeline's package stage would store the real one (see serving/contract.py).
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.support.mnist import REPO, load_mnist
-from tests.support.serve import bentoml_serve
+from harness.mnist import REPO, load_mnist
+from harness.serve import bentoml_serve
 
 
 def direct_onnx(model_path: Path, digits: np.ndarray) -> np.ndarray:
@@ -54,7 +54,7 @@ def bentoml_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 @pytest.fixture(scope="session")
 def model_tag(bentoml_home: Path) -> Iterator[str]:
     """Build the stand-in model in the store; MNIST_MODEL_TAG names it for the service."""
-    from tests.support.fixture_model import build
+    from harness.fixture_model import build
 
     model_ref = build(train_count=10_000)
     assert bentoml_home in Path(model_ref.path).parents

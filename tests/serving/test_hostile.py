@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.serve import schemathesis_run
+from harness.serve import schemathesis_run
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.support.mnist import REPO
-from tests.support.serve import Server, bentoml_serve
+from harness.mnist import REPO
+from harness.serve import Server, bentoml_serve
 
 pytestmark = pytest.mark.slow
 

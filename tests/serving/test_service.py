@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.mnist import load_mnist
 from pipeline import photos
 from serving.contract import INFO_FILE
 from tests.serving.fixtures import direct_onnx
 from tests.serving.images import image_variants, render
-from tests.support.mnist import load_mnist
 
 
 def test_predict_is_accurate_and_equals_onnx_runtime_exactly(

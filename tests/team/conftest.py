@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from deploy import stack as team_stack
+from harness.serve import free_port
 from tests.conftest import Project, new_project
-from tests.support.serve import free_port
 
 
 @pytest.fixture(scope="session")

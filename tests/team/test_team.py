@@ -13,8 +13,8 @@ import subprocess
 import numpy as np
 import pytest
 
+from harness.experiments import run_queue
 from tests.conftest import ENABLED, Project
-from tests.support.experiments import run_queue
 from tests.team.conftest import s3_client
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ import numpy as np
 
 from pipeline.idx import IMAGES_MAGIC, LABELS_MAGIC, parse_idx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",

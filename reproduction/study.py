@@ -15,7 +15,7 @@ as markdown, and ``reproduction.md`` (dated, with the machine's calibration) and
 is R3 (batch 15, 20 epochs); the threads are the train stage's (1 for the MLPs, every
 core for R2). ``--render`` re-prints a table without training.
 
-Example: python -m bench.reproduce --only R2 R4 --seeds 3
+Example: python -m reproduction --only R2 R4 --seeds 3
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 import yaml
 
-from bench.report import calibration, machine
+from harness.report import calibration, machine
 from pipeline import atomic, cli, inference, models, runtime, training
 from pipeline.errors import StageError
 from pipeline.params import Candidate, EvaluateParams, TrainParams, load_section
@@ -258,7 +258,7 @@ def header(context: dict) -> str:
         [
             "# Reproduction of R1-R5",
             "",
-            "Written by `make reproduce` (bench/reproduce.py); do not edit by hand.",
+            "Written by `make reproduce` (reproduction/study.py); do not edit by hand.",
             "",
             f"- date: {context.get('date', 'not recorded')}",
             f"- machine: {context['machine']}, torch {context['torch']} (load average "
@@ -275,7 +275,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     paths = dvc_paths()
     names = [r.id for r in REFERENCES] + [r.candidate for r in REFERENCES]
     p = argparse.ArgumentParser(
-        prog="python -m bench.reproduce",
+        prog="python -m reproduction",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -364,7 +364,7 @@ def main(args: argparse.Namespace) -> None:
         "calibration": calibration(),
         "torch": torch.__version__,
         "load_before": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "command": "python -m bench.reproduce " + " ".join(sys.argv[1:]),
+        "command": "python -m reproduction " + " ".join(sys.argv[1:]),
         "n_test": len(test["labels"]),
     }
     rows = []

@@ -1,8 +1,8 @@
 """One epoch of a small SGD MLP on 1,000 digits, in one process or as one rank of several
 (torchrun starts it): rank 0 writes the weights, which the tests compare.
 
-    python -m tests.support.ddp_steps OUT.safetensors
-    torchrun --standalone --nproc-per-node 2 -m tests.support.ddp_steps OUT.safetensors
+    python -m harness.ddp_steps OUT.safetensors
+    torchrun --standalone --nproc-per-node 2 -m harness.ddp_steps OUT.safetensors
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
+from harness.mnist import load_mnist
 from pipeline import distributed, models, training
 from pipeline.params import validate_candidate
-from tests.support.mnist import load_mnist
 
 # No dropout, no augmentation, no batch norm: nothing that differs between a rank's part
 # of a batch and the whole; batches of 125 split 63/62 over two ranks.

@@ -12,8 +12,8 @@ import json
 
 import httpx
 
-from tests.support.project import Project
-from tests.support.serve import bentoml_serve
+from harness.project import Project
+from harness.serve import bentoml_serve
 
 MODEL = "mnist-classifier"
 

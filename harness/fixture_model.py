@@ -1,11 +1,11 @@
 """A small stand-in `mnist-classifier` model for tests, benchmarks and trying the service.
 
-In: the MNIST mirror (tests/support/mnist.py). Out: a BentoML model in the store that
+In: the MNIST mirror (harness/mnist.py). Out: a BentoML model in the store that
 BENTOML_HOME points at, laid out as serving/contract.py says: a tiny MLP trained for a
 few seconds on 10,000 images, exported to ONNX with normalisation and softmax inside the
 graph, plus an info.json. The real model comes from the pipeline's package stage.
 
-    python -m tests.support.fixture_model
+    python -m harness.fixture_model
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.mnist import load_mnist
 from serving.contract import INPUT_NAME, MODEL_FILE, MODEL_NAME, OUTPUT_NAME, store_model
-from tests.support.mnist import load_mnist
 
 MEAN, STD = 0.1307, 0.3081  # training-set pixel statistics after /255
 
@@ -115,9 +115,7 @@ def build(*, train_count: int = 10_000, seed: int = 0) -> bentoml.Model:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / MODEL_FILE
         export_onnx(model, onnx_path)
-        return store_model(
-            onnx_path.read_bytes(), info, labels={"source": "tests.support.fixture_model"}
-        )
+        return store_model(onnx_path.read_bytes(), info, labels={"source": "harness.fixture_model"})
 
 
 def main() -> None:

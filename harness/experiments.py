@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from tests.support.project import Project
+from harness.project import Project
 
 
 def queue_finished(project: Project, timeout: float = 900) -> str:

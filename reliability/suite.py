@@ -1,7 +1,7 @@
 """`make chaos`: every failure mode of the pipeline and the service, tried and measured,
 written to docs/reliability.md.
 
-    python -m bench.chaos [--seed 0] [--candidates small|all] [--stages a,b] [--skip-pipeline]
+    python -m reliability [--seed 0] [--candidates small|all] [--stages a,b] [--skip-pipeline]
                           [--skip-service] [--skip-hostile] [--soak-seconds 60]
                           [--examples 1000] [--out docs/reliability.md]
 
@@ -13,7 +13,7 @@ and `dvc repro` must repair the project to the clean run's bytes with a clean `d
 status` and no MLflow run left RUNNING. Then promotion and packaging are killed at their
 weakest moments, and two forced runs must give the same bytes.
 
-The service (bench/chaos_service.py): soak, overload, a killed worker, log volume; and
+The service (reliability/service.py): soak, overload, a killed worker, log volume; and
 hostile input generated from its OpenAPI schema.
 """
 
@@ -31,10 +31,10 @@ from pathlib import Path
 
 import psutil
 
-from bench.report import ROOT, Report
-from tests.support.faults import promotion_under_kill
-from tests.support.mnist import mirror
-from tests.support.project import Project, new_project, small_profile
+from harness.faults import promotion_under_kill
+from harness.mnist import mirror
+from harness.project import Project, new_project, small_profile
+from harness.report import ROOT, Report
 
 SECTION = "The pipeline under faults"
 MOMENTS = ("importing", "mid-work", "writing outputs")
@@ -286,7 +286,7 @@ def yes(flag: bool) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(
-        prog="python -m bench.chaos",
+        prog="python -m reliability",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -307,7 +307,7 @@ def main() -> None:
             only = args.stages.split(",") if args.stages else None
             run_pipeline(report, args.seed, args.candidates, Path(tmp), only)
         if not (args.skip_service and args.skip_hostile):
-            from bench import chaos_service
+            from reliability import service as chaos_service
 
             chaos_service.run_all(
                 report,

@@ -1,5 +1,5 @@
 """The service under load, faults and hostile input: `bentoml serve` of a built Bento on
-127.0.0.1, loaded by wrk from another process; part of bench/chaos.py (`make chaos`).
+127.0.0.1, loaded by wrk from another process; part of reliability/suite.py (`make chaos`).
 
 - capacity: single digits at 32 connections, as the serving benchmark measures them;
 - soak: about 70 % of that capacity for --soak-seconds with mixed traffic (single digits,
@@ -31,10 +31,10 @@ import httpx
 import psutil
 from PIL import Image
 
-from bench.report import ROOT, Report
 from bench.serving_bench import model_to_serve, png_of
-from tests.support.mnist import load_mnist
-from tests.support.serve import bentoml_serve, schemathesis_run
+from harness.mnist import load_mnist
+from harness.report import ROOT, Report
+from harness.serve import bentoml_serve, schemathesis_run
 
 SECTION = "The service under load and faults"
 HOSTILE = "Hostile input"
@@ -309,7 +309,7 @@ def logs(report: Report, env: dict, workdir: Path, files: dict[str, Path], targe
 def hostile_requests(
     report: Report, url: str, root: int, examples: int, seed: int, workdir: Path
 ) -> None:
-    from tests.serving.test_server import MALFORMED
+    from harness.malformed import MALFORMED
 
     before = rss_mb(workers(root))
     result = subprocess.run(
