@@ -12,7 +12,7 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test lint bench reproduce chaos serve ui clean system-tools stack-up stack-down
+.PHONY: install run test check lint bench reproduce chaos serve ui clean system-tools stack-up stack-down
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
@@ -39,6 +39,9 @@ run: install            ## the whole pipeline: fetch ... train, evaluate ... pro
 
 test: install system-tools lint  ## lint, then the whole test suite (CI runs exactly this)
 	$(PY) -m pytest
+
+check: install lint      ## lint and the fast tests (no pipeline, server or browser): the loop after every edit
+	$(PY) -m pytest -m "not slow" -q
 
 lint: install           ## ruff: lint and formatting checks (`ruff format .` fixes the format)
 	$(VENV)/bin/ruff check .

@@ -66,8 +66,11 @@ def bench_pull(report: Report, stack: team_stack.Stack, tmp: Path) -> None:
         )
         return
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    # Both clones take the workspace's dvc.lock, which names what its cache holds: the
+    # committed one may name outputs of a run on another machine that this cache never had.
     pusher = Project(tmp / "pusher", env)
     subprocess.run(["git", "clone", "-q", str(ROOT), str(pusher.path)], check=True)
+    shutil.copy(ROOT / "dvc.lock", pusher.path / "dvc.lock")
     shutil.copytree(ROOT / ".dvc/cache", pusher.path / ".dvc/cache")
     for command in team_stack.dvc_remote(stack, "s3://dvc/bench"):
         pusher.run(*command)
@@ -76,6 +79,7 @@ def bench_pull(report: Report, stack: team_stack.Stack, tmp: Path) -> None:
     subprocess.run(["git", "clone", "-q", str(ROOT), str(puller.path)], check=True)
     shutil.copy(pusher.path / ".dvc/config", puller.path / ".dvc/config")
     shutil.copy(pusher.path / ".dvc/config.local", puller.path / ".dvc/config.local")
+    shutil.copy(ROOT / "dvc.lock", puller.path / "dvc.lock")
     seconds, _ = timed(lambda: puller.run("dvc", "pull"))
     trained = sum(row["train_seconds"] for row in json.loads(summary.read_text()).values())
     size = sum(f.stat().st_size for f in (puller.path / ".dvc/cache").rglob("*") if f.is_file())

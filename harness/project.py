@@ -136,18 +136,24 @@ def new_project(path: Path, mirror: Path, profile=small_profile) -> Project:
             shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, dst)
+    project = open_project(path, mirror)
+    project.write_params(profile(project.params()))
+    project.run("git", "init", "-q")
+    project.commit("init")
+    return project
+
+
+def open_project(path: Path, mirror: Path, bentoml_home: Path | None = None) -> Project:
+    """A project folder (new, or copied from one) with the environment its commands run
+    in: this interpreter's tools first, the mirror, a BentoML home outside the folder."""
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         "MNIST_MIRROR": str(mirror),
         # Outside the repository, as a user's ~/bentoml is: neither git nor DVC sees it.
-        "BENTOML_HOME": str(path.parent / f"{path.name}-bentoml"),
+        "BENTOML_HOME": str(bentoml_home or path.parent / f"{path.name}-bentoml"),
     }
     # Set by other test modules' fixtures; a user's shell has neither.
     for name in ("MLFLOW_TRACKING_URI", "MNIST_MODEL_TAG", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
-    project = Project(path, env)
-    project.write_params(profile(project.params()))
-    project.run("git", "init", "-q")
-    project.commit("init")
-    return project
+    return Project(path, env)

@@ -1,17 +1,19 @@
-"""`make chaos`: every failure mode of the pipeline and the service, tried and measured,
+"""`make chaos`: the pipeline's and the service's failure modes, tried and measured,
 written to docs/reliability.md.
 
-    python -m reliability [--seed 0] [--candidates small|all] [--stages a,b] [--skip-pipeline]
-                          [--skip-service] [--skip-hostile] [--soak-seconds 60]
-                          [--examples 1000] [--out docs/reliability.md]
+    python -m reliability [--exhaustive] [--seed 0] [--candidates small|all] [--stages a,b]
+                          [--skip-pipeline] [--skip-service] [--skip-hostile]
+                          [--soak-seconds 30] [--examples 500] [--out docs/reliability.md]
 
 The pipeline: a real DVC project in a temporary folder (2,000 training images; the
 small profile's two candidates, or all nine with --candidates all). Every stage is killed
-at three seeded moments (while importing, mid-work, while writing its outputs), with
-SIGKILL and with SIGTERM; after each kill the outputs still at their paths must be whole,
-and `dvc repro` must repair the project to the clean run's bytes with a clean `dvc
-status` and no MLflow run left RUNNING. Then promotion and packaging are killed at their
-weakest moments, and two forced runs must give the same bytes.
+at a seeded moment (while importing, mid-work, or while writing its outputs) with SIGKILL
+or SIGTERM; the six ways take turns from stage to stage, so one run tries each way on
+several stages. --exhaustive kills every stage all six ways (six times as long). After
+each kill the outputs still at their paths must be whole, and `dvc repro` must repair the
+project to the clean run's bytes with a clean `dvc status` and no MLflow run left
+RUNNING. Then promotion and packaging are killed at their weakest moments, and two
+forced runs must give the same bytes.
 
 The service (reliability/service.py): soak, overload, a killed worker, log volume; and
 hostile input generated from its OpenAPI schema.
@@ -20,7 +22,9 @@ hostile input generated from its OpenAPI schema.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
+import os
 import random
 import signal
 import subprocess
@@ -33,7 +37,7 @@ import psutil
 
 from harness.faults import promotion_under_kill
 from harness.mnist import mirror
-from harness.project import Project, new_project, small_profile
+from harness.project import Project, new_project, open_project, small_profile
 from harness.report import ROOT, Report
 
 SECTION = "The pipeline under faults"
@@ -171,15 +175,27 @@ def all_nine(params: dict) -> dict:
 
 
 def run_pipeline(
-    report: Report, seed: int, candidates: str, tmp: Path, only: list[str] | None = None
+    report: Report,
+    seed: int,
+    candidates: str,
+    tmp: Path,
+    only: list[str] | None = None,
+    exhaustive: bool = False,
+    project: Project | None = None,
+    tiny: bool = False,
 ) -> None:
+    """Kill the stages (``only`` these, if given) of ``project`` (an already reproduced
+    one, else a new copy of the repository on ``candidates``' profile) and measure the
+    repair; ``tiny``: no forced rerun and no promotion scenario afterwards."""
     rng = random.Random(seed)
-    profile = all_nine if candidates == "all" else small_profile
-    project = new_project(tmp / "project", mirror(), profile=profile)
+    if project is None:
+        profile = all_nine if candidates == "all" else small_profile
+        project = new_project(tmp / "project", mirror(), profile=profile)
     project.run("dvc", "repro")
     clean = project.fingerprint()
+    chosen = [s for s in stages(project) if not only or s.split("@")[0] in only]
     durations = {}
-    for stage in stages(project):  # each stage alone, timed, for the mid-work moment
+    for stage in chosen:  # each stage alone, timed, for the mid-work moment
         started = time.perf_counter()
         project.run("dvc", "repro", "--force", "--single-item", stage)
         durations[stage] = time.perf_counter() - started
@@ -198,26 +214,25 @@ def run_pipeline(
         "repair",
     )
     trials = []
-    chosen = [s for s in stages(project) if not only or s.split("@")[0] in only]
-    for stage in chosen:
-        for moment in MOMENTS:
-            for sig in SIGNALS:
-                trial = kill(project, stage, moment, sig, rng, durations, clean)
-                trials.append(trial)
-                report.add(
-                    SECTION,
-                    stage,
-                    moment,
-                    sig,
-                    trial.how,
-                    str(trial.exit_code),
-                    ", ".join(trial.half_written) or "0",
-                    yes(trial.repaired),
-                    ", ".join(trial.differing) or "yes",
-                    yes(trial.status_clean),
-                    str(trial.running_runs),
-                    f"{trial.repair_seconds:.1f} s",
-                )
+    ways = list(itertools.product(MOMENTS, SIGNALS))  # the six ways to kill a stage
+    for number, stage in enumerate(chosen):
+        for moment, sig in ways if exhaustive else [ways[number % len(ways)]]:
+            trial = kill(project, stage, moment, sig, rng, durations, clean)
+            trials.append(trial)
+            report.add(
+                SECTION,
+                stage,
+                moment,
+                sig,
+                trial.how,
+                str(trial.exit_code),
+                ", ".join(trial.half_written) or "0",
+                yes(trial.repaired),
+                ", ".join(trial.differing) or "yes",
+                yes(trial.status_clean),
+                str(trial.running_runs),
+                f"{trial.repair_seconds:.1f} s",
+            )
     survived = sum(t.survived for t in trials)
     report.note(
         SECTION,
@@ -227,9 +242,16 @@ def run_pipeline(
     if only:
         report.note(
             SECTION,
-            f"This run killed only {', '.join(chosen)} (--stages {','.join(only)}); "
-            "`make chaos` kills every stage.",
+            f"Stages killed: {', '.join(chosen)} (--stages {','.join(only)}).",
         )
+    if not exhaustive:
+        report.note(
+            SECTION,
+            "Each stage killed one way, the six ways (three moments, two signals) taking "
+            "turns; `python -m reliability --exhaustive` kills every stage all six ways.",
+        )
+    if tiny:
+        return
     project.run("dvc", "repro", "--force")
     report.row(
         "Determinism",
@@ -290,22 +312,48 @@ def main() -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--exhaustive", action="store_true", help="kill every stage all six ways (slow)")
+    p.add_argument(
+        "--tiny",
+        action="store_true",
+        help="seconds, not minutes: kill split only (or --stages), no forced rerun, no "
+        "promotion scenario, no soak; 20 hostile requests (the suite's check of the command)",
+    )
+    p.add_argument(
+        "--project",
+        type=Path,
+        help="an already reproduced DVC project to kill stages in (default: a new copy)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--candidates", choices=["small", "all"], default="small")
     p.add_argument("--stages", help="comma-separated stage names to kill (default: every stage)")
     p.add_argument("--skip-pipeline", action="store_true")
     p.add_argument("--skip-service", action="store_true")
     p.add_argument("--skip-hostile", action="store_true")
-    p.add_argument("--soak-seconds", type=int, default=60)
-    p.add_argument("--examples", type=int, default=1000, help="hostile requests to generate")
+    p.add_argument("--soak-seconds", type=int, default=30)
+    p.add_argument("--examples", type=int, default=500, help="hostile requests to generate")
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "reliability.md")
     args = p.parse_args()
     report = Report("Reliability")
     report.calibrate()
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_pipeline:
-            only = args.stages.split(",") if args.stages else None
-            run_pipeline(report, args.seed, args.candidates, Path(tmp), only)
+            only = args.stages.split(",") if args.stages else ["split"] if args.tiny else None
+            project = (
+                open_project(args.project, mirror(), os.environ.get("BENTOML_HOME"))
+                if args.project
+                else None
+            )
+            run_pipeline(
+                report,
+                args.seed,
+                args.candidates,
+                Path(tmp),
+                only,
+                args.exhaustive,
+                project=project,
+                tiny=args.tiny,
+            )
         if not (args.skip_service and args.skip_hostile):
             from reliability import service as chaos_service
 
@@ -313,10 +361,12 @@ def main() -> None:
                 report,
                 Path(tmp),
                 soak_seconds=args.soak_seconds,
-                examples=args.examples,
+                examples=20 if args.tiny else args.examples,
                 seed=args.seed,
-                service=not args.skip_service,
+                service=not (args.skip_service or args.tiny),
+                capacity_seconds=2 if args.tiny else 10,
                 hostile=not args.skip_hostile,
+                bento_json=(args.project or ROOT) / "reports/package/bento.json",
             )
     report.write(args.out)
     print(json.dumps({"wrote": str(args.out)}))
