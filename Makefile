@@ -1,7 +1,11 @@
 # Two commands do all the set-up: `make run` (the pipeline) and `make test`.
 VENV    := .venv
 PY      := $(VENV)/bin/python
-STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# One stamp for the pipeline's packages, one for the test tools on top: make run installs
+# only what the pipeline imports; make test adds the rest.
+SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+STAMP   := $(VENV)/.installed-$(SUM)
+RUN_STAMP := $(VENV)/.installed-run-$(SUM)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # Use the offline MNIST mirror beside the repo when there is one (CI, air-gapped).
 export MNIST_MIRROR ?= $(wildcard $(abspath ../shared/mnist))
@@ -12,7 +16,7 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: install run test check lint bench reproduce chaos serve ui clean system-tools stack-up stack-down
+.PHONY: install install-run run test check lint bench reproduce chaos serve ui clean system-tools stack-up stack-down
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
@@ -27,14 +31,20 @@ system-tools:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
 	  else echo "please install $(DEBIAN_TOOLS) (Debian: apt-get install $(DEBIAN_TOOLS))"; fi; }
 
-install: $(STAMP)
+install: $(STAMP)      ## the pipeline's packages and the test tools, pinned
+install-run: $(RUN_STAMP)
+$(RUN_STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	rm -f $(VENV)/.installed-* && touch $@
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
-	rm -f $(VENV)/.installed-* && touch $@
+	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
-run: install            ## the whole pipeline: fetch ... train, evaluate ... promote, package
+run: install-run        ## the whole pipeline: fetch ... train, evaluate ... promote, package
 	dvc repro
 
 test: install system-tools lint  ## lint, then the whole test suite (CI runs exactly this)

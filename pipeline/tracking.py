@@ -237,8 +237,9 @@ def dvc_md5(path: Path, lock: Path = Path("dvc.lock")) -> str | None:
     ``.dir``), which names its content in any DVC cache or remote; None if not tracked."""
     import yaml
 
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a large lock, parsed fast
     try:
-        stages = yaml.safe_load(lock.read_text()).get("stages", {})
+        stages = yaml.load(lock.read_text(), Loader=loader).get("stages", {})
     except (OSError, AttributeError, yaml.YAMLError):
         return None
     wanted = os.path.normpath(path)
