@@ -172,7 +172,7 @@ def start(command: list[str], log: Path, env: dict[str, str]) -> subprocess.Pope
         )
 
 
-def stop_group(pid: int, timeout: float = 20) -> None:
+def stop_group(pid: int, timeout: float = 5) -> None:
     """SIGTERM a process group, then SIGKILL whatever is left."""
     try:
         os.killpg(pid, signal.SIGTERM)

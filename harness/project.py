@@ -47,8 +47,10 @@ ENABLED = ["mlp128", "cnn_fast"]
 
 
 def small_profile(params: dict) -> dict:
-    """2,000 training, 1,000 validation and 1,000 test images; two short candidates."""
+    """2,000 training, 1,000 validation and 1,000 test images; two short candidates; 100
+    test digits under each kind of photo."""
     params["split"].update(val_size=1000, train_limit=2000, test_limit=1000)
+    params["robustness"]["per_kind"] = 100
     params["train"]["enabled"] = ENABLED
     for name in ENABLED:
         params["train"]["candidates"][name].update(epochs=2, train_size=None)

@@ -153,9 +153,10 @@ def test_robustness_is_reported_for_every_candidate_and_on_the_champions_card(pr
     stages = project.stages_run(first_repro)
     assert "photo_set" in stages and {f"robustness@{n}" for n in ENABLED} <= set(stages)
     kinds = project.params()["robustness"]["kinds"]
+    per_kind = project.params()["robustness"]["per_kind"]
     with np.load(project.path / "data/photo_set/digits.npz", allow_pickle=False) as photo_set:
         assert list(photo_set["kinds"]) == kinds
-        assert photo_set["images"].shape == (len(kinds), 500, 28, 28)
+        assert photo_set["images"].shape == (len(kinds), per_kind, 28, 28)
         assert photo_set["index"].max() < 1000  # the test split of the small profile
     assert (project.path / "reports/robustness/examples.png").stat().st_size > 0
     client = MlflowClient(tracking_uri=f"sqlite:///{project.path / 'mlflow.db'}")

@@ -46,17 +46,20 @@ def runs(project: Project):
     return c.search_runs([c.get_experiment_by_name("mnist").experiment_id])
 
 
-def test_two_forced_runs_give_the_same_bytes(project):
-    project.run("dvc", "repro", "--force")
-    assert project.fingerprint() == project.clean
+def test_two_runs_of_the_same_params_give_the_same_bytes(project, pipeline_project, pipeline_store):
+    """This module's project and the session's were reproduced apart, in two folders."""
+    assert project.clean == pipeline_project.clean
 
 
+# Every stage module once: the candidates' train and evaluate stages run the same code.
 STAGES = [
     "fetch",
     "split",
     "normalise",
-    *(f"train@{n}" for n in ENABLED),
-    *(f"evaluate@{n}" for n in ENABLED),
+    f"train@{ENABLED[0]}",
+    f"evaluate@{ENABLED[0]}",
+    "photo_set",
+    f"robustness@{ENABLED[0]}",
     "summarize",
     "promote",
     "package",
