@@ -118,7 +118,11 @@ def bench_training(report: Report, data: dict) -> None:
     }
     variants = {"cnn_fast, first_layer: pool (before)": ("cnn_fast", {"first_layer": "pool"})}
     named = {name: (name, {}) for name in candidates} | variants
-    for name, (base, update) in named.items():
+    # Most threads first: once torch has run ops on one thread, its OpenMP pool runs
+    # multi-threaded work markedly slower in the same process (seen: R3 at half speed).
+    widest = sorted(named, key=lambda n: -runtime.threads_for(0, candidates[named[n][0]]))
+    for name in widest:
+        base, update = named[name]
         c = candidates[base].model_copy(update=update)
         if not c.is_torch:
             continue
