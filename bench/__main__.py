@@ -26,6 +26,7 @@ from harness.report import ROOT, Report
 
 PARTS = ("pipeline", "training", "distributed", "serving", "robustness", "team")
 TINY = ("pipeline", "serving")  # the parts with a small size
+LOAD_SECONDS = 5  # each wrk run: long enough for a steady p99 at thousands of req/s
 
 
 def part_runners(tiny: bool) -> dict[str, Callable[[Report], None]]:
@@ -53,12 +54,12 @@ def part_runners(tiny: bool) -> dict[str, Callable[[Report], None]]:
         if tiny:
             serving_bench.run_all(report, duration=1, concurrency=4, tiny=True)
         else:
-            serving_bench.run_all(report)
+            serving_bench.run_all(report, duration=LOAD_SECONDS)
 
     def robustness(report: Report) -> None:
         from bench import robustness_bench
 
-        robustness_bench.run_all(report)
+        robustness_bench.run_all(report, duration=LOAD_SECONDS)
 
     def team(report: Report) -> None:
         from bench import team_bench

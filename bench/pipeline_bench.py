@@ -128,9 +128,9 @@ def bench_training(report: Report, data: dict) -> None:
             continue
         threads = runtime.set_threads(0, c)
         net = models.build(c)
-        if name in full_runs:  # best of 2, each from a fresh network, validation included
+        if name in full_runs:  # from a fresh network, validation included
             full = training.Data(x_train, y_train, x_val, y_val)
-            seconds, net = timed(partial(trained, c, full), repeat=2)
+            seconds, net = timed(partial(trained, c, full))
             scored = inference.make_predictor(
                 c, net.eval(), {"mean": 0.0, "std": 1.0}, channels_last=c.is_cnn
             )
@@ -138,7 +138,7 @@ def bench_training(report: Report, data: dict) -> None:
             accuracy = float((probs.argmax(1) == data["test_labels"]).float().mean())
             report.row(
                 SECTION,
-                f"train {name}, {c.epochs} epochs on 50,000 (best of 2; its test accuracy)",
+                f"train {name}, {c.epochs} epochs on 50,000 (its test accuracy)",
                 f"{seconds:.1f} s ({accuracy:.2%})",
                 full_runs[name],
             )
