@@ -39,16 +39,13 @@ SHARED = {
 }
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group"):
-            continue
-        module = Path(str(item.fspath)).relative_to(ROOT / "tests").as_posix()
-        group = next(
-            (name for name, prefixes in SHARED.items() if module.startswith(prefixes)), module
-        )
-        item.add_marker(pytest.mark.xdist_group(group))
+def pytest_itemcollected(item) -> None:
+    """Each test's xdist group, as it is collected (before xdist reads the groups)."""
+    if item.get_closest_marker("xdist_group"):
+        return
+    module = Path(str(item.fspath)).relative_to(ROOT / "tests").as_posix()
+    group = next((name for name, prefixes in SHARED.items() if module.startswith(prefixes)), module)
+    item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")

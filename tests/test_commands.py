@@ -18,6 +18,22 @@ from harness.report import Report
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def page_written(module: str, args: list[str], out: Path, env: dict) -> str:
+    """Run ``python -m module args --out out`` from the repository; the page it wrote."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args, "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    page = out.read_text()
+    header_is_complete(page)
+    return page
+
+
 def header_is_complete(page: str) -> None:
     for line in ("- date:", "- machine:", "- calibration:"):
         assert line in page, f"the page's header has no {line!r}"
@@ -56,23 +72,8 @@ def test_bench_rejects_an_unknown_part() -> None:
 
 @pytest.mark.slow
 def test_make_bench_at_a_tiny_size_writes_a_whole_page(tmp_path: Path, mirror: Path) -> None:
-    out = tmp_path / "performance.md"
-    env = {
-        **os.environ,
-        "MNIST_MIRROR": str(mirror),
-        "BENTOML_HOME": str(tmp_path / "bentoml"),
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "bench", "--tiny", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    page = out.read_text()
-    header_is_complete(page)
+    env = {**os.environ, "MNIST_MIRROR": str(mirror), "BENTOML_HOME": str(tmp_path / "bentoml")}
+    page = page_written("bench", ["--tiny"], tmp_path / "performance.md", env)
     assert "fetch from the local mirror" in page
     assert "`/predict`, 1 digit, b64 body" in page
     assert "| pipeline |" in page and "| serving |" in page and "failed" not in page
@@ -85,19 +86,8 @@ def test_make_chaos_at_a_tiny_size_kills_repairs_and_attacks(
 ) -> None:
     copy = tmp_path / "project"
     shutil.copytree(pipeline_store, copy, symlinks=True)
-    out = tmp_path / "reliability.md"
-    env = {**pipeline_project.env}
-    result = subprocess.run(
-        [sys.executable, "-m", "reliability", "--tiny", "--project", str(copy), "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    page = out.read_text()
-    header_is_complete(page)
+    args = ["--tiny", "--project", str(copy)]
+    page = page_written("reliability", args, tmp_path / "reliability.md", pipeline_project.env)
     assert "| split |" in page and "1 of 1 kills survived" in page
     assert "... answers with a 5xx status | 0 |" in page
 
