@@ -145,8 +145,8 @@ def test_queued_experiments_run_side_by_side_and_never_promote(
         "versions": len(client.search_model_versions(f"name = '{MODEL}'")),
         "bentos": server_project.run("bentoml", "list", "-o", "json").stdout.count('"tag"'),
     }
-    experiments = run_queue(server_project, ["0.0005", "0.003", "0.006"], jobs=2)
-    assert len(experiments) >= 3, experiments.keys()
+    experiments = run_queue(server_project, ["0.0005", "0.003"], jobs=2)
+    assert len(experiments) >= 2, experiments.keys()
     names = list(experiments)
     for rev in experiments.values():
         metrics = rev["data"]["metrics"]
