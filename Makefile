@@ -50,10 +50,10 @@ run: install-run        ## the whole pipeline: fetch ... train, evaluate ... pro
 	dvc repro
 
 test: install system-tools lint  ## lint, then the whole test suite (CI runs exactly this)
-	$(PY) -m pytest -n 2 --dist loadgroup --durations=15
+	$(PY) -m pytest --durations=15
 
 check: install lint      ## lint and the fast tests (no pipeline, server or browser): the loop after every edit
-	$(PY) -m pytest -m "not slow" -q -n 2 --dist loadgroup
+	$(PY) -m pytest -m "not slow" -q
 
 lint: install           ## ruff: lint and formatting checks (`ruff format .` fixes the format)
 	$(VENV)/bin/ruff check .

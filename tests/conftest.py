@@ -25,29 +25,6 @@ os.environ.setdefault("BENTOML_DO_NOT_TRACK", "true")
 os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 
-# Modules whose tests read the session's reproduced small-profile pipeline (pipeline_store)
-# or the stand-in model's server: each group runs on one xdist worker, so that each session
-# fixture is built once. Every other module is a group of its own.
-SHARED = {
-    "pipeline": (
-        "browser/test_mlflow_ui.py",
-        "deploy/test_image.py",
-        "test_e2e.py",
-        "test_faults.py",
-    ),
-    "serving": ("serving/", "browser/test_page"),
-}
-
-
-def pytest_itemcollected(item) -> None:
-    """Each test's xdist group, as it is collected (before xdist reads the groups)."""
-    if item.get_closest_marker("xdist_group"):
-        return
-    module = Path(str(item.fspath)).relative_to(ROOT / "tests").as_posix()
-    group = next((name for name, prefixes in SHARED.items() if module.startswith(prefixes)), module)
-    item.add_marker(pytest.mark.xdist_group(group))
-
-
 @pytest.fixture(scope="session")
 def mirror() -> Path:
     try:

@@ -80,7 +80,6 @@ def test_make_bench_at_a_tiny_size_writes_a_whole_page(tmp_path: Path, mirror: P
 
 
 @pytest.mark.slow
-@pytest.mark.xdist_group("pipeline")  # beside the other readers of pipeline_store
 def test_make_chaos_at_a_tiny_size_kills_repairs_and_attacks(
     tmp_path: Path, pipeline_project, pipeline_store: Path
 ) -> None:
