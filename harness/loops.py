@@ -66,20 +66,22 @@ def render(rows: dict[str, dict]) -> str:
         "- calibration: per row (10^7 Python additions / 20 float32 1024x1024 matmuls, "
         "best of 3, measured just before the command)",
         "",
-        "| loop | command | took | exit | when | calibration | load before | commit |",
-        "|---|---|---|---|---|---|---|---|",
+        "| loop | command | took | exit | when | machine | calibration | load before | commit |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         cal = row["calibration"]
         lines.append(
             f"| {name} | `{row['command']}` | {minutes(row['seconds'])} | {row['exit_code']} | "
-            f"{row['date']} | {cal['python_loop_s']:.2f} s / {cal['matmul_s']:.2f} s | "
+            f"{row['date']} | {row['machine']} | "
+            f"{cal['python_loop_s']:.2f} s / {cal['matmul_s']:.2f} s | "
             f"{row['load_before']} | {row['commit']} |"
         )
     lines += [
         "",
-        "Each row is one run of its command on a fresh clone of the repository (install "
-        "included where the command installs), on the machine its header names.",
+        "Each row is one run of its command in a clone of the repository, install included "
+        "where the command installs: `make run` and `make test` on a fresh clone, the "
+        "others after `make run` in the same clone, on the machine its row names.",
     ]
     return "\n".join(lines) + "\n"
 

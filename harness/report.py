@@ -50,16 +50,21 @@ def calibration() -> dict[str, float]:
 
 
 def machine() -> str:
-    model = "unknown CPU"
+    model, vector = "unknown CPU", ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
+        lines = []
+    for line in lines:
+        if line.startswith("model name") and model == "unknown CPU":
+            model = line.split(":", 1)[1].strip()
+        if line.startswith("flags"):  # machines of one kind differ: AVX-512 or AVX2 only
+            flags = line.split(":", 1)[1].split()
+            vector = ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+            break
     return (
-        f"{model}, {os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}"
+        f"{model}{vector}, {os.cpu_count()} cores, {platform.machine()}, "
+        f"Python {platform.python_version()}"
     )
 
 
