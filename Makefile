@@ -2,9 +2,9 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 # One stamp for the pipeline's packages, one for the test tools on top: make run installs
-# only what the pipeline imports; make test adds the rest. --no-compile: pip would compile
-# every module of every package (most of the install's time); Python compiles the ones
-# that are imported, once, when they are.
+# only what the pipeline imports; make test adds the rest. pip compiles every module as it
+# installs (most of the install's time): where PYTHONDONTWRITEBYTECODE is set, nothing else
+# would, and every stage's process would compile torch and MLflow from source again.
 SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP   := $(VENV)/.installed-$(SUM)
 RUN_STAMP := $(VENV)/.installed-run-$(SUM)
@@ -38,12 +38,12 @@ install-run: $(RUN_STAMP)
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -e .
+	$(PY) -m pip install -q -e .
 	rm -f $(VENV)/.installed-* && touch $@
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q --no-compile -e '.[test]'
+	$(PY) -m pip install -q -e '.[test]'
 	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
 run: install-run        ## the whole pipeline: fetch ... train, evaluate ... promote, package
