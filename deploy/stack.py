@@ -348,6 +348,8 @@ def mlflow_env(stack: Stack, secret: dict[str, str]) -> dict[str, str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "MLFLOW_S3_ENDPOINT_URL": stack.s3_endpoint,
         "MLFLOW_DISABLE_TELEMETRY": "true",
+        # MLflow's GenAI job workers (six processes here): this project logs training runs
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
 
 

@@ -36,7 +36,16 @@ def has_model(name: str) -> bool:
     return True
 
 
-LINEAGE_TAGS = ("git_commit", "user", "host", "dvc_exp_name", "dvc_exp_baseline_rev")
+LINEAGE_TAGS = (
+    "git_commit",
+    "git_source_changed",
+    "git_changed_source",
+    "git_changed_outputs",
+    "user",
+    "host",
+    "dvc_exp_name",
+    "dvc_exp_baseline_rev",
+)
 LINEAGE_PREFIXES = ("data_sha256.", "dvc_md5.")
 
 

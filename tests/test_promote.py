@@ -135,3 +135,45 @@ def test_serving_budget_leaves_out_costly_candidates():
     assert promote.over_budget(rows, None) == []
     with pytest.raises(StageError, match=r"promote.max_multiply_adds: .*tiny, needs 8,000"):
         promote.best_candidate(rows, 1_000)
+
+
+def test_each_candidate_gets_a_note_on_what_promotion_made_of_it():
+    rows = {
+        "big": {"candidate": "big", "val_accuracy": 0.996, "multiply_adds": 2_700_000},
+        "small": {"candidate": "small", "val_accuracy": 0.995, "multiply_adds": 1_400_000},
+        "tiny": {"candidate": "tiny", "val_accuracy": 0.97, "multiply_adds": 8_000},
+    }
+    for name, row in rows.items():
+        row["run_id"] = f"run-{name}"
+    decision = {
+        "candidate": "small",
+        "champion_run_id": "run-small",
+        "champion_version": "3",
+        "max_multiply_adds": 1_500_000,
+        "reason": "no champion yet",
+    }
+    notes = promote.promotion_notes(rows, decision)
+    assert notes["small"] == ("run-small", "champion: served as version 3")
+    assert notes["big"][1] == (
+        "not eligible: 2,700,000 multiply-adds an image, over the serving budget of 1,500,000"
+    )
+    assert notes["tiny"][1] == "eligible: validation error 2.50 points above small's"
+
+    # The best that did not beat the champion (an older run) says why.
+    kept = decision | {"champion_run_id": "run-older", "reason": "does not beat it"}
+    assert promote.promotion_notes(rows, kept)["small"][1] == (
+        "best eligible, not promoted: does not beat it"
+    )
+
+
+def test_promote_tags_the_compared_runs_and_clears_earlier_ones(store, runs):
+    from mlflow import MlflowClient
+
+    notes = {"a": (runs["a"]["run_id"], "eligible"), "worse": (runs["worse"]["run_id"], "x")}
+    tracking.tag_candidates(store, notes)
+    tracking.tag_candidates(store, {"better": (runs["better"]["run_id"], "champion: served")})
+    client = MlflowClient()
+    tags = {name: client.get_run(runs[name]["run_id"]).data.tags for name in runs}
+    assert tags["better"][tracking.PROMOTION_TAG] == "champion: served"
+    assert tracking.PROMOTION_TAG not in tags["a"] and tracking.PROMOTION_TAG not in tags["worse"]
+    assert tags["a"]["mlflow.runColor"] != tags["worse"]["mlflow.runColor"]

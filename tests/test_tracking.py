@@ -4,6 +4,7 @@ lineage a run carries."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,42 @@ def test_lineage_names_the_experiment_user_host_and_dvc_hash(tmp_path, monkeypat
     assert tags["user"] and tags["host"]
     assert len(tags["data_sha256.train"]) == 64
     assert tracking.dvc_md5(Path("data/other")) is None
+
+
+def git(cwd: Path, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_lineage_tells_changed_code_from_rewritten_outputs(tmp_path):
+    """Outputs DVC records in dvc.lock (and dvc.lock) changing is not a code change; a
+    changed module or params.yaml is."""
+    lock = {"stages": {"train": {"outs": [{"path": "models/a/metrics.json", "md5": "1"},
+                                          {"path": "reports/a", "md5": "2.dir"}]}}}  # fmt: skip
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock))
+    for name in ("models/a/metrics.json", "reports/a/classes.csv", "code.py", "params.yaml"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("v1")
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+
+    clean = tracking.git_lineage(tmp_path)
+    assert len(clean["git_commit"]) == 40 and clean["git_source_changed"] == "false"
+    assert clean["git_changed_outputs"] == "0"
+
+    (tmp_path / "models/a/metrics.json").write_text("v2")
+    (tmp_path / "reports/a/classes.csv").write_text("v2")
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump(lock) + "# rerun\n")
+    rerun = tracking.git_lineage(tmp_path)
+    assert rerun["git_source_changed"] == "false" and rerun["git_changed_outputs"] == "3"
+    assert rerun["git_commit"] == clean["git_commit"]
+
+    (tmp_path / "code.py").write_text("v2")
+    (tmp_path / "params.yaml").write_text("v2")
+    edited = tracking.git_lineage(tmp_path)
+    assert edited["git_source_changed"] == "true"
+    assert edited["git_changed_source"] == "code.py, params.yaml"
+
+
+def test_lineage_outside_git_says_unknown(tmp_path):
+    assert tracking.git_lineage(tmp_path) == {"git_commit": "unknown"}

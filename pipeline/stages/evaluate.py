@@ -175,7 +175,8 @@ def main(args) -> None:
     scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
     tracking.log_evaluation(
         run,
-        scalars | {"eval_seconds": seconds},
+        scalars
+        | {"test_error_pct": tracking.error_pct(metrics["test_accuracy"]), "eval_seconds": seconds},
         out,
         stage_seconds=time.perf_counter() - stage_started,
     )

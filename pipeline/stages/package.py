@@ -117,12 +117,21 @@ own preprocessing; as plain arrays, the same digits score {report["reference_acc
 """
 
 
+def source_note(info: dict) -> str:
+    """Whether the run's code and params were the commit's (run outputs aside)."""
+    if info.get("git_source_changed") == "true":
+        return f"with uncommitted changes to {info['git_changed_source']}"
+    if info.get("git_source_changed") == "false":
+        return "code and params as committed"
+    return "changes to it not recorded"
+
+
 def model_card(info: dict, check: dict, robustness: str = "") -> str:
     m = info["metrics"]
     return f"""# MNIST digit classifier: {info["candidate"]}
 
 Registry: `{info["registry_model"]}` version {info["registry_version"]} (alias `{info["alias"]}`),
-MLflow run `{info["run_id"]}`, git commit `{info["git_commit"]}`.
+MLflow run `{info["run_id"]}`, git commit `{info["git_commit"]}` ({source_note(info)}).
 
 **What it does.** Classifies a 28x28 greyscale handwritten digit (0-9). `predict` takes
 batches of MNIST-style arrays; `predict_image` takes a PNG/JPEG and preprocesses it the
@@ -223,6 +232,8 @@ def info_of(name: str, version, stats: dict) -> dict:
         "candidate": version.tags.get("candidate", "?"),
         "run_id": version.run_id,
         "git_commit": run.data.tags.get("git_commit", "unknown"),
+        "git_source_changed": run.data.tags.get("git_source_changed", "unknown"),
+        "git_changed_source": run.data.tags.get("git_changed_source", ""),
         "n_train": int(run.data.params.get("n_train", 0)),
         "metrics": {
             "val_accuracy": float(version.tags["val_accuracy"]),

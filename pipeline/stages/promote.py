@@ -134,6 +134,29 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     }
 
 
+def promotion_notes(summary: dict, decision: dict) -> dict[str, tuple[str, str]]:
+    """What the decision made of each candidate, for its run's ``promotion`` tag:
+    candidate -> (run id, note)."""
+    budget = decision["max_multiply_adds"]
+    best = summary[decision["candidate"]]
+    notes = {}
+    for name, row in summary.items():
+        if row["run_id"] == decision["champion_run_id"]:
+            note = f"champion: served as version {decision['champion_version']}"
+        elif not within_budget(row, budget):
+            note = (
+                f"not eligible: {row['multiply_adds']:,} multiply-adds an image, over the "
+                f"serving budget of {budget:,}"
+            )
+        elif name == decision["candidate"]:
+            note = f"best eligible, not promoted: {decision['reason']}"
+        else:
+            behind = 100 * (best["val_accuracy"] - row["val_accuracy"])
+            note = f"eligible: validation error {behind:.2f} points above {best['candidate']}'s"
+        notes[name] = (row["run_id"], note)
+    return notes
+
+
 def main(args) -> None:
     params = load_section(args.params, "promote", PromoteParams)
     experiment_id = tracking.setup(load_section(args.params, "mlflow", MlflowParams))
@@ -146,6 +169,7 @@ def main(args) -> None:
     summary = atomic.read_json(args.summary)
     if tracking.in_workspace():
         decision = promote(summary, params, experiment_id)
+        tracking.tag_candidates(experiment_id, promotion_notes(summary, decision))
     else:
         decision = record(summary, params)
     atomic.write_json(args.out, decision)

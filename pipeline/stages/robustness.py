@@ -97,6 +97,7 @@ def main(args) -> None:
         | {
             "robustness_reference": metrics["reference_accuracy"],
             "robustness_mean": metrics["mean_accuracy"],
+            "robustness_error_pct": tracking.error_pct(metrics["mean_accuracy"]),
         },
         out,
     )

@@ -199,6 +199,7 @@ def train(
             {
                 "final_val_accuracy": final["val_accuracy"],
                 "final_val_loss": final["val_loss"],
+                "val_error_pct": tracking.error_pct(final["val_accuracy"]),
                 "train_seconds": seconds,
                 "train_images_per_s": images_per_s,
                 "parameters": final["parameters"],

@@ -15,16 +15,8 @@ from typing import Any
 
 import pytest
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = [  # Playwright adds --headless and a fresh temporary --user-data-dir
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from harness.chromium import CHROMIUM, CHROMIUM_FLAGS
+
 ARTIFACTS = Path(__file__).parent / "artifacts"
 
 

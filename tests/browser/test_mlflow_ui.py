@@ -1,96 +1,48 @@
 """The MLflow side as a user meets it: `mlflow ui` on 127.0.0.1 over the store a full
-`dvc repro` left behind. Through its REST API and in Chromium: the experiment says it is
-model training and the link `make ui` prints opens its runs (one per candidate, with
-validation and test accuracy, a duration of its own work, system metrics); the chart view
-draws a bar per candidate for what promotion and serving compare; the registered model
-carries the `champion` alias on a version logged by one of those runs, and the model card
-as its description. Screenshots of each view go to tests/browser/artifacts/.
+`dvc repro` left behind, started as `make ui` starts it. Through its REST API and in
+Chromium: the experiment says it is model training and the link `make ui` prints opens
+the compared runs (one per candidate, best validation error first, with the columns that
+decide and what promotion made of each); the chart view draws a bar per candidate in a
+colour of its own, validation error first; the registered model carries the `champion`
+alias on a version logged by one of those runs, and the model card as its description.
+Screenshots of each view go to tests/browser/artifacts/ (`make screenshots` takes the
+same views of a real project for docs/img).
 
 `pipeline_store` comes from tests/conftest.py: the project folder after `dvc repro`
-(mlflow.db, params.yaml, ...). The server reads a copy of mlflow.db, so a schema upgrade
-on start-up cannot touch the original.
+(mlflow.db, params.yaml, ...).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import re
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import yaml
 from playwright.sync_api import expect
 
-from deploy.ui import runs_page
-from harness.serve import free_port, stop
+from harness import mlflow_ui as views
+from pipeline.tracking import COMPARED_METRICS, PROMOTION_TAG
 
 pytestmark = pytest.mark.slow
 
-START_TIMEOUT = 180  # s; mlflow 3 is slow to start on busy cores
-
 
 @pytest.fixture(scope="module")
-def pipeline_params(pipeline_store: Path) -> dict[str, Any]:
-    """Names the pipeline used: experiment, registered model, candidates trained."""
-    params = yaml.safe_load((pipeline_store / "params.yaml").read_text())
-    return {
-        "store": pipeline_store / params["mlflow"]["store"],
-        "experiment": params["mlflow"]["experiment"],
-        "model": params["promote"]["registered_model"],
-        "candidates": list(params["train"]["enabled"]),
-    }
+def pipeline_params(pipeline_store: Path) -> views.Pipeline:
+    """Names the pipeline used: store, experiment, registered model, candidates trained."""
+    return views.Pipeline.of(pipeline_store)
 
 
 @pytest.fixture(scope="module")
 def mlflow_ui(
-    pipeline_params: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
+    pipeline_params: views.Pipeline, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """`mlflow ui` on a free port over a copy of the pipeline's store; yields its URL."""
-    folder = tmp_path_factory.mktemp("mlflow_ui")
-    shutil.copy2(pipeline_params["store"], folder / "mlflow.db")
-    port = free_port()
-    command = [
-        *(sys.executable, "-m", "mlflow", "ui"),
-        *("--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
-        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-    ]
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    log_path = folder / "mlflow_ui.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command,
-            cwd=folder,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group, to stop it and its workers whole
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while not _healthy(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"mlflow ui did not start ({process.poll()=}):\n{log_path.read_text()[-3000:]}"
-                )
-            time.sleep(0.5)
+    with views.mlflow_ui(pipeline_params.store, tmp_path_factory.mktemp("mlflow_ui")) as url:
         yield url
-    finally:
-        stop(process)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/health", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
 
 
 def api(url: str, endpoint: str, **query: Any) -> dict[str, Any]:
@@ -100,10 +52,10 @@ def api(url: str, endpoint: str, **query: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def tracked(mlflow_ui: str, pipeline_params: dict[str, Any]) -> dict[str, Any]:
+def tracked(mlflow_ui: str, pipeline_params: views.Pipeline) -> dict[str, Any]:
     """What the REST API says: the experiment, its runs, the registered model."""
     experiment = api(
-        mlflow_ui, "experiments/get-by-name", experiment_name=pipeline_params["experiment"]
+        mlflow_ui, "experiments/get-by-name", experiment_name=pipeline_params.experiment
     )["experiment"]
     response = httpx.post(
         f"{mlflow_ui}/api/2.0/mlflow/runs/search",
@@ -112,7 +64,7 @@ def tracked(mlflow_ui: str, pipeline_params: dict[str, Any]) -> dict[str, Any]:
     )
     assert response.status_code == 200, response.text
     runs = response.json().get("runs", [])
-    model = api(mlflow_ui, "registered-models/get", name=pipeline_params["model"])
+    model = api(mlflow_ui, "registered-models/get", name=pipeline_params.model)
     return {"experiment": experiment, "runs": runs, "model": model["registered_model"]}
 
 
@@ -148,10 +100,10 @@ def champion(tracked: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def test_rest_api_lists_each_candidates_run_with_its_accuracies(
-    tracked: dict[str, Any], pipeline_params: dict[str, Any]
+    tracked: dict[str, Any], pipeline_params: views.Pipeline
 ) -> None:
     assert tracked["experiment"]["lifecycle_stage"] == "active"
-    for candidate in pipeline_params["candidates"]:
+    for candidate in pipeline_params.candidates:
         runs = evaluated_runs(tracked["runs"], candidate)
         assert runs, f"no finished run of {candidate} with final_val_accuracy and test_accuracy"
         for run in runs:
@@ -161,15 +113,18 @@ def test_rest_api_lists_each_candidates_run_with_its_accuracies(
 
 
 def test_rest_api_shows_the_champion_alias_on_a_pipeline_run(
-    tracked: dict[str, Any], pipeline_params: dict[str, Any]
+    tracked: dict[str, Any], pipeline_params: views.Pipeline
 ) -> None:
     version, run = champion(tracked)
     candidate = tags(run)["candidate"]
-    assert candidate in pipeline_params["candidates"]
+    assert candidate in pipeline_params.candidates
     assert version["status"] == "READY"
     version_tags = {tag["key"]: tag["value"] for tag in version.get("tags", [])}
     assert version_tags.get("candidate") == candidate
     assert {"val_accuracy", "test_accuracy"} <= version_tags.keys()
+    # Lineage: the project's commit, its code and params unchanged (only DVC's outputs).
+    assert re.fullmatch(r"[0-9a-f]{40}", version_tags["git_commit"]), version_tags
+    assert version_tags["git_source_changed"] == "false", version_tags
     assert run in evaluated_runs(tracked["runs"], candidate)
     card_title = f"# MNIST digit classifier: {candidate}"
     assert version["description"].startswith(card_title)
@@ -179,7 +134,31 @@ def test_rest_api_shows_the_champion_alias_on_a_pipeline_run(
 def test_the_experiment_says_it_is_model_training(tracked: dict[str, Any]) -> None:
     experiment_tags = {t["key"]: t["value"] for t in tracked["experiment"].get("tags", [])}
     assert experiment_tags["mlflow.experimentKind"] == "custom_model_development"
-    assert "final_val_accuracy" in experiment_tags["mlflow.note.content"]
+    assert experiment_tags["mlflow.experiment.primaryMetric.name"] == "val_error_pct"
+    assert "val_error_pct" in experiment_tags["mlflow.note.content"]
+    view = json.loads(experiment_tags["mlflow.sharedViewState.candidates"])
+    assert view["orderByKey"] == "metrics.`val_error_pct`" and view["orderByAsc"] is True
+
+
+def test_each_run_says_what_promotion_made_of_it_in_a_colour_of_its_own(
+    tracked: dict[str, Any], pipeline_params: views.Pipeline
+) -> None:
+    """The runs promote compared carry its note (exactly one is the served champion) and
+    distinct colours; their error metrics are the accuracies in percent."""
+    _, champion_run = champion(tracked)
+    compared = [run for run in tracked["runs"] if PROMOTION_TAG in tags(run)]
+    assert sorted(tags(run)["candidate"] for run in compared) == sorted(pipeline_params.candidates)
+    served = [run for run in compared if tags(run)[PROMOTION_TAG].startswith("champion: served")]
+    assert served == [champion_run]
+    others = [tags(run)[PROMOTION_TAG] for run in compared if run is not champion_run]
+    assert all(note.startswith(("eligible:", "not eligible:", "best eligible")) for note in others)
+    colours = [tags(run)["mlflow.runColor"] for run in compared]
+    assert len(set(colours)) == len(colours), colours
+    for run in compared:
+        m = metrics(run)
+        assert m["val_error_pct"] == pytest.approx(100 * (1 - m["final_val_accuracy"]), abs=1e-3)
+        assert m["test_error_pct"] == pytest.approx(100 * (1 - m["test_accuracy"]), abs=1e-3)
+        assert set(COMPARED_METRICS) <= m.keys(), sorted(m)
 
 
 def test_a_runs_duration_is_its_own_work(tracked: dict[str, Any]) -> None:
@@ -213,27 +192,39 @@ def page(browser: Any, mlflow_ui: str) -> Iterator[Any]:
     assert foreign == [], f"the MLflow UI reached other origins: {foreign}"
 
 
-def test_the_link_make_ui_prints_opens_the_training_runs(
+def test_the_link_make_ui_prints_opens_the_compared_runs(
     page: Any,
     mlflow_ui: str,
     tracked: dict[str, Any],
-    pipeline_params: dict[str, Any],
+    pipeline_params: views.Pipeline,
     artifacts: Path,
 ) -> None:
+    """The runs list opens with the columns that decide, best validation error first, and
+    the champion marked; no clicking needed."""
     experiment_id = tracked["experiment"]["experiment_id"]
-    page.goto(runs_page(mlflow_ui, experiment_id))
-    for candidate in pipeline_params["candidates"]:
-        expect(page.get_by_role("link", name=candidate, exact=True).first).to_be_visible(
-            timeout=60_000
-        )
-    expected_count = len(tracked["runs"])
-    expect(page.get_by_text(f"{expected_count} matching runs")).to_be_visible()
+    views.open_runs(page, mlflow_ui, experiment_id)
+    for candidate in pipeline_params.candidates:
+        expect(page.get_by_role("link", name=candidate, exact=True).first).to_be_visible()
+    for column in (*COMPARED_METRICS, PROMOTION_TAG):
+        expect(page.get_by_role("columnheader").filter(has_text=column).first).to_be_visible()
+    expect(page.get_by_text(f"{len(tracked['runs'])} matching runs")).to_be_visible()
     assert f"/experiments/{experiment_id}/runs" in page.url
-    expect(page.get_by_text("No data available for the selected time range")).to_have_count(0)
     page.screenshot(path=str(artifacts / "mlflow_experiment_runs.png"))
+    shown = [
+        name
+        for row in page.get_by_role("row").all_inner_texts()
+        for name in pipeline_params.candidates
+        if row.split() and row.split()[0] == name
+    ]
+    by_validation = sorted(
+        (run for run in tracked["runs"] if PROMOTION_TAG in tags(run)),
+        key=lambda run: metrics(run)["val_error_pct"],
+    )
+    assert shown[: len(by_validation)] == [tags(run)["candidate"] for run in by_validation], shown
 
     _, run = champion(tracked)
-    page.goto(f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}")
+    run_page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}"
+    page.goto(f"{run_page}?workflowType=machine_learning")
     for name in ("final_val_accuracy", "test_accuracy"):
         cell = page.get_by_role("cell", name=name, exact=True).first
         expect(cell).to_be_visible(timeout=60_000)
@@ -241,7 +232,6 @@ def test_the_link_make_ui_prints_opens_the_training_runs(
         numbers = [float(n) for n in re.findall(r"\d+\.\d+", shown)]
         assert any(abs(n - metrics(run)[name]) < 1e-3 for n in numbers), (name, shown)
     page.screenshot(path=str(artifacts / "mlflow_champion_run.png"), full_page=True)
-    run_page = f"{mlflow_ui}/#/experiments/{experiment_id}/runs/{run['info']['run_id']}"
     page.goto(f"{run_page}/model-metrics?workflowType=machine_learning")
     page.get_by_placeholder("Search metric charts").fill("accuracy")
     expect(page.get_by_text("val_accuracy", exact=True).first).to_be_visible(timeout=60_000)
@@ -263,32 +253,37 @@ def test_the_chart_view_draws_a_bar_per_candidate(
     page: Any,
     mlflow_ui: str,
     tracked: dict[str, Any],
-    pipeline_params: dict[str, Any],
+    pipeline_params: views.Pipeline,
     artifacts: Path,
 ) -> None:
+    """Validation error comes first, a bar per candidate in the run's own colour."""
     experiment_id = tracked["experiment"]["experiment_id"]
-    page.goto(runs_page(mlflow_ui, experiment_id) + "&compareRunsMode=CHART")
-    search = page.get_by_placeholder("Search metric charts")
-    expect(search).to_be_visible(timeout=60_000)
+    first = views.open_charts(page, mlflow_ui, experiment_id)
+    expect(first.get_by_text("val_error_pct", exact=True)).to_be_visible()
     page.screenshot(path=str(artifacts / "mlflow_chart_view.png"))
+    bars = first.locator("g.point path")
+    expect(bars).to_have_count(len(pipeline_params.candidates))
+    fills = bars.evaluate_all("paths => paths.map(p => getComputedStyle(p).fill)")
+    assert len(set(fills)) == len(fills), fills
+    search = page.get_by_placeholder("Search metric charts")
     cards = page.locator("[data-testid='experiment-view-compare-runs-card']")
     for metric in CHART_METRICS:
         search.fill(metric)
         card = cards.filter(has=page.get_by_text(metric, exact=True))
         expect(card).to_have_count(1, timeout=30_000)
         # Plotly draws each run's bar as a point of the bar trace.
-        expect(card.locator("g.point")).to_have_count(len(pipeline_params["candidates"]))
+        expect(card.locator("g.point")).to_have_count(len(pipeline_params.candidates))
 
 
 def test_model_page_shows_the_champion_alias(
     page: Any,
     mlflow_ui: str,
     tracked: dict[str, Any],
-    pipeline_params: dict[str, Any],
+    pipeline_params: views.Pipeline,
     artifacts: Path,
 ) -> None:
     version, _ = champion(tracked)
-    page.goto(f"{mlflow_ui}/#/models/{pipeline_params['model']}")
+    views.open_registry(page, mlflow_ui, pipeline_params.model)
     version_row = page.get_by_role("row").filter(
         has=page.get_by_role("link", name=f"Version {version['version']}", exact=True)
     )
