@@ -256,3 +256,6 @@ MNISTClassifier.add_asgi_middleware(
     },
     form_uploads=["/predict_image"],
 )
+# GET / answers with our API page (serving/static/api.html: links /ui/, loads nothing from
+# other origins) instead of BentoML's.
+MNISTClassifier.add_asgi_middleware(ui.ApiPage)
