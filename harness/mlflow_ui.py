@@ -93,10 +93,14 @@ def champion_run_id(url: str, model: str) -> str:
 
 
 def open_runs(page: Any, url: str, experiment_id: str) -> None:
-    """The link `make ui` prints, with every candidate's row drawn."""
+    """The link `make ui` prints, with every candidate's row drawn (and MLflow's
+    assistant panel, which a new browser opens beside them, closed)."""
     page.goto(runs_page(url, experiment_id))
     page.get_by_text("val_error_pct").first.wait_for(timeout=60_000)
     page.get_by_text("champion: served").first.wait_for(timeout=60_000)
+    close = page.locator("[data-component-id='mlflow.assistant.chat_panel.close']")
+    if close.count():
+        close.first.click()
 
 
 def open_charts(page: Any, url: str, experiment_id: str) -> Any:

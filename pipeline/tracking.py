@@ -66,15 +66,40 @@ COMPARED_METRICS = (
 # The runs-list view `make ui` opens: an experiment tag holding a view MLflow's UI shares
 # by key (the link's ``viewStateShareKey``): these columns, best validation first.
 COMPARE_VIEW = "candidates"
+COMPARE_COLUMNS = ["tags.`promotion`", *(f"metrics.`{name}`" for name in COMPARED_METRICS)]
 COMPARE_VIEW_STATE = {
-    "selectedColumns": [
-        "attributes.`Models`",
-        "tags.`promotion`",
-        *(f"metrics.`{name}`" for name in COMPARED_METRICS),
-    ],
+    "selectedColumns": COMPARE_COLUMNS,
+    "columnOrder": COMPARE_COLUMNS,  # these first, before Created and Duration
+    "columnWidths": {"tags.`promotion`": 380},  # the whole note, not "champion: ..."
     "orderByKey": "metrics.`val_error_pct`",
     "orderByAsc": True,
     "runsHiddenMode": "SHOW_ALL",
+    # The chart view opens on a section of these metrics' bars, a bar per run; MLflow adds
+    # its own sections for every other metric below.
+    "compareRunSections": [
+        {
+            "uuid": "compared",
+            "name": "Which candidate is best",
+            "display": True,
+            "isReordered": False,
+            "deleted": False,
+            "isGenerated": False,
+        }
+    ],
+    "compareRunCharts": [
+        {
+            "uuid": f"compared-{name}",
+            "type": "BAR",
+            "runsCountToCompare": 20,
+            "metricSectionId": "compared",
+            "deleted": False,
+            "isGenerated": False,
+            "metricKey": name,
+            "displayName": name,
+        }
+        for name in COMPARED_METRICS
+    ],
+    "isAccordionReordered": True,
 }
 
 

@@ -14,6 +14,8 @@ Endpoints (all POST, as BentoML routes its APIs):
 - /model_info     {} -> info.json of the model, plus its BentoML tag and the size limits
 - GET /ui/        a page to draw or upload a digit and see what the model makes of it
                   (serving/ui.py, serving/static/)
+- GET /           the API's OpenAPI page, with a link to /ui/ and nothing loaded from
+                  outside the service (serving/ui.py's ApiPage, serving/static/api.html)
 BentoML adds GET /livez, /readyz (ready once a worker has loaded and warmed the model)
 and /metrics (Prometheus). Bad input gets a 4xx with a JSON body: 400 {"error": ...,
 "detail": [{"loc": [field], "msg": what is wrong}]}; 413/415 {"error": ...} for a body
@@ -144,7 +146,9 @@ UNTRACED_ROUTES = [
     "/healthz",
     "/metrics",
     "/ui",
-]  # regexes
+    "/static_content",
+    "/$",  # the API page
+]  # regexes, searched in the URL
 
 
 @bentoml.service(
@@ -153,7 +157,7 @@ UNTRACED_ROUTES = [
     tracing={"excluded_urls": UNTRACED_ROUTES},
     logging={"access": {"enabled": ACCESS_LOG}},
 )
-@bentoml.asgi_app(ui.app, path="/ui", name="ui")  # BentoML keeps its OpenAPI UI at /
+@bentoml.asgi_app(ui.app, path="/ui", name="ui")
 class MNISTClassifier:
     """Classifies handwritten digits (MNIST) with an ONNX model."""
 

@@ -197,7 +197,7 @@ def test_page_is_mounted_on_the_service_and_loads_only_its_own_assets(
         assert response.headers["content-type"].startswith(media_type), asset
         assert "default-src 'self'" in response.headers["content-security-policy"]
     assert httpx.get(f"{server}/ui/missing.js").status_code == 404
-    assert httpx.get(f"{server}/").status_code == 200  # BentoML's OpenAPI UI stays at /
+    assert httpx.get(f"{server}/").status_code == 200  # the API page
 
     requested: list[str] = []
     ui.page.on("request", lambda request: requested.append(request.url))
