@@ -40,6 +40,7 @@ PROJECT_FILES = [
     "dvc.yaml",
     "params.yaml",
     ".dvc/config",
+    ".dvc/plots",
     ".dvcignore",
     ".gitignore",
 ]
