@@ -146,7 +146,8 @@ def test_mlflow_run_has_params_epoch_metrics_model_and_lineage(project, first_re
 
 def test_robustness_is_reported_for_every_candidate_and_on_the_champions_card(project, first_repro):
     """photo_set renders test digits as people send them, once; robustness@<candidate>
-    scores each candidate on them: DVC metrics, a plot, its MLflow run, the model card."""
+    scores each candidate on them: a report, a picture, its MLflow run, its DVC scores, the
+    model card."""
     import numpy as np
     from mlflow.tracking import MlflowClient
 
@@ -169,8 +170,12 @@ def test_robustness_is_reported_for_every_candidate_and_on_the_champions_card(pr
         assert (folder / "robustness.png").stat().st_size > 0
         logged = client.get_run(run_id).data.metrics
         assert logged["robustness_photo"] == metrics["accuracy"]["photo"]
+    # `dvc metrics show` has the mean over kinds in each candidate's scores
     shown = json.loads(project.run("dvc", "metrics", "show", "--json").stdout)
-    assert "reports/robustness/mlp128/metrics.json" in json.dumps(shown)
+    for name in ENABLED:
+        mean = json.loads((project.path / "reports/robustness" / name / "metrics.json").read_text())
+        scores = shown[""]["data"][f"reports/scores/{name}.json"]["data"]
+        assert scores["photo_accuracy"] == mean["mean_accuracy"]
     card = (project.path / "reports/package/model_card.md").read_text()
     assert "**Robustness.**" in card and "| photo |" in card
 

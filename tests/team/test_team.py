@@ -151,7 +151,7 @@ def test_queued_experiments_run_side_by_side_and_never_promote(
     for rev in experiments.values():
         metrics = rev["data"]["metrics"]
         assert rev["state"] == "success" and not rev.get("error"), rev
-        assert "reports/summary/summary.json" in metrics
+        assert "reports/scores/mlp128.json" in metrics
     experiment_id = client.get_experiment_by_name("mnist").experiment_id
     all_runs = client.search_runs([experiment_id], max_results=1000)
     tagged = {r.data.tags.get("dvc_exp_name") for r in all_runs} - {None}
@@ -169,9 +169,7 @@ def test_queued_experiments_run_side_by_side_and_never_promote(
 
     # The winner by validation accuracy comes into the workspace, where promotion happens.
     def mlp_val(rev):
-        return rev["data"]["metrics"]["reports/summary/summary.json"]["data"]["mlp128"][
-            "val_accuracy"
-        ]
+        return rev["data"]["metrics"]["reports/scores/mlp128.json"]["data"]["val_accuracy"]
 
     best = max(names, key=lambda n: mlp_val(experiments[n]))
     server_project.run("dvc", "exp", "apply", best)
