@@ -62,10 +62,17 @@ class Augment(Section):
     max_shift: Annotated[float, Field(ge=0, le=0.3)] = 0.0  # fraction of 28 px
     max_rotate: Annotated[float, Field(ge=0, le=45)] = 0.0  # degrees
     max_scale: Annotated[float, Field(ge=0, le=0.5)] = 0.0  # 0.1 = scale in [0.9, 1.1]
+    # Share of training images spoilt in one way (noise, blur, a grey offset, fog,
+    # strokes across, outlines: pipeline/augment.py), after the jitter.
+    corrupt: Fraction = 0.0
+
+    @property
+    def jitters(self) -> bool:
+        return any((self.max_shift, self.max_rotate, self.max_scale))
 
     @property
     def enabled(self) -> bool:
-        return any((self.max_shift, self.max_rotate, self.max_scale))
+        return self.jitters or self.corrupt > 0
 
 
 class Candidate(Section):
@@ -106,6 +113,9 @@ class TorchCandidate(Candidate):
     member_data: Literal["shared", "own"] = "shared"
     # Test-time augmentation: average predictions over this many one-pixel shifts too.
     tta: Annotated[int, Field(ge=0, le=8)] = 0
+    # per_image: each image's background (its median) to 0 and its brightest ink to 1
+    # before the network, whatever the grey level or contrast it came in (models.py).
+    input_norm: Literal["none", "per_image"] = "none"
 
 
 class Mlp(TorchCandidate):
@@ -223,12 +233,24 @@ class EvaluateParams(Section):
     grid_size: Annotated[int, Field(ge=1, le=400)]  # digits in each image grid
 
 
+class Corruptions(Section):
+    """Validation and test digits spoilt in the common ways (pipeline/corruptions.py)."""
+
+    per_split: Annotated[int, Field(gt=0, le=10_000)]  # digits of each split, each corruption
+    seed: Seed  # which digits, and every random choice of the corruptions
+    severity: Annotated[float, Field(gt=0, le=1)]  # the strength reported at
+    # family -> corruption names (pipeline.corruptions.CORRUPTIONS, checked there)
+    families: dict[str, list[str]] = Field(min_length=1)
+
+
 class RobustnessParams(Section):
-    """The test digits rendered as people send them (pipeline/photos.py's kinds)."""
+    """The test digits rendered as people send them (pipeline/photos.py's kinds), and
+    digits spoilt in the common ways."""
 
     per_kind: Annotated[int, Field(gt=0, le=10_000)]  # test digits rendered per kind
     seed: Seed  # which digits, and every random choice of the rendering
     kinds: list[str] = Field(min_length=1)  # names in pipeline.photos.KINDS, checked there
+    corruptions: Corruptions
 
     @model_validator(mode="after")
     def _kinds_once(self) -> RobustnessParams:
@@ -250,6 +272,10 @@ class PromoteParams(Section):
     # The serving budget: only candidates of at most this many multiply-adds an image may
     # become champion; null = any.
     max_multiply_adds: PosInt | None
+    # The robustness floor: only candidates whose error on the validation split's
+    # corrupted copies (the mean over corruption families, robustness.corruptions) is at
+    # most this, on both serving paths, may become champion; null = any.
+    max_corruption_error: Annotated[float, Field(gt=0, le=1)] | None
     # What package serves: the float ONNX export, or its int8 quantization (checked
     # against the float model on the test digits; a failed check stops the stage).
     quantize: Literal["none", "int8"]

@@ -83,6 +83,10 @@ def version_for_run(name: str, row: dict, experiment_id: str):
         "test_accuracy": f"{row['test_accuracy']:.6f}",
         "multiply_adds": str(row["multiply_adds"]),
         "parameters": str(row["parameters"]),
+        **{
+            f"val_corruption_error_{path}": f"{error:.4f}"
+            for path, error in row.get("val_corruption_error", {}).items()
+        },
         **lineage,
     }
     settings = ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipeline import atomic, distributed, inference, models, optim
+from pipeline import augment as augment_lib
 from pipeline.dataset import stratified_take
 from pipeline.errors import StageError
 from pipeline.params import Augment, Candidate, LogReg, TorchCandidate
@@ -41,6 +42,9 @@ class Data:
     y_train: torch.Tensor
     x_val: torch.Tensor
     y_val: torch.Tensor
+    # x = (pixels - mean) / std, pixels in [0, 1]: what the training corruptions undo
+    mean: float = 0.0
+    std: float = 1.0
 
 
 def load_data(folder: Path, candidate: Candidate, seed: int) -> Data:
@@ -49,15 +53,31 @@ def load_data(folder: Path, candidate: Candidate, seed: int) -> Data:
     x, y = train["images"], train["labels"]
     if candidate.train_size is not None:
         x, y = stratified_take(x, y, candidate.train_size, seed)
+    stats = atomic.read_json(folder / "stats.json")
     return Data(
         torch.from_numpy(x),
         torch.from_numpy(y),
         torch.from_numpy(val["images"]),
         torch.from_numpy(val["labels"]),
+        mean=stats["mean"],
+        std=stats["std"],
     )
 
 
-def augment(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, aug: Augment, generator: torch.Generator, scale: tuple[float, float]
+) -> torch.Tensor:
+    """Random rotation, scale and shift of each image in (B, 1, 28, 28), standardised
+    with ``scale`` = (mean, std); then ``aug.corrupt`` of them spoilt (pipeline/augment.py)."""
+    x = jitter(x, aug, generator) if aug.jitters else x
+    if aug.corrupt:
+        mean, std = scale
+        pixels = augment_lib.spoil((x * std + mean).cpu(), aug.corrupt, generator)
+        x = ((pixels - mean) / std).to(x.device)
+    return x
+
+
+def jitter(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.Tensor:
     """Random rotation, scale and shift of each image in (B, 1, 28, 28)."""
     b = x.shape[0]
 
@@ -144,6 +164,7 @@ def train_torch(
     # The whole training set moves to the device once, not a batch at a time.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
+    scale = (data.mean, data.std)
     n = len(y_train)
     steps_per_epoch = math.ceil(n / c.batch_size)
     if 0 < n % c.batch_size < context.world_size:
@@ -174,7 +195,7 @@ def train_torch(
         for start in range(0, n, c.batch_size):
             size = len(orders[0][start : start + c.batch_size])  # the global batch
             drawn = [
-                draw(x_train, y_train, order[start : start + c.batch_size], c, g, context)
+                draw(x_train, y_train, order[start : start + c.batch_size], c, g, context, scale)
                 for order, g in zip(orders, generators, strict=True)
             ]
             opt.zero_grad(set_to_none=True)
@@ -249,6 +270,7 @@ def draw(
     c: TorchCandidate,
     generator: torch.Generator,
     context: distributed.Context,
+    scale: tuple[float, float] = (0.0, 1.0),
 ):
     """The rows ``idx`` of (x, y), jittered (drawn for the whole batch, so that every rank
     draws the same) and cut to this rank's part of the batch."""
@@ -256,7 +278,7 @@ def draw(
     rows = idx.to(x.device)
     xb, yb = x.index_select(0, rows), y.index_select(0, rows)
     if c.augment.enabled:
-        xb = augment(xb, c.augment, generator)
+        xb = augment(xb, c.augment, generator, scale)
     if context.distributed:
         mine = context.part(len(idx))
         xb, yb = xb[mine], yb[mine]

@@ -57,6 +57,7 @@ STAGES = [
     f"train@{ENABLED[0]}",
     f"evaluate@{ENABLED[0]}",
     "photo_set",
+    "corruption_set",
     f"robustness@{ENABLED[0]}",
     "summarize",
     "promote",

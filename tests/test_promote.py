@@ -49,6 +49,7 @@ def decide(store, rows, min_improvement=0.0):
         registered_model=NAME,
         min_improvement=min_improvement,
         max_multiply_adds=None,
+        max_corruption_error=None,
         quantize="none",
     )
     return promote.promote(summary, params, store)
@@ -177,3 +178,35 @@ def test_promote_tags_the_compared_runs_and_clears_earlier_ones(store, runs):
     assert tags["better"][tracking.PROMOTION_TAG] == "champion: served"
     assert tracking.PROMOTION_TAG not in tags["a"] and tracking.PROMOTION_TAG not in tags["worse"]
     assert tags["a"]["mlflow.runColor"] != tags["worse"]["mlflow.runColor"]
+
+
+def test_the_robustness_floor_leaves_out_fragile_candidates_and_says_by_how_much():
+    rows = {
+        "sharp": {"candidate": "sharp", "val_accuracy": 0.996, "multiply_adds": 10,
+                  "val_corruption_error": {"arrays": 0.31, "images": 0.12}},
+        "sturdy": {"candidate": "sturdy", "val_accuracy": 0.995, "multiply_adds": 10,
+                   "val_corruption_error": {"arrays": 0.06, "images": 0.08}},
+    }  # fmt: skip
+    assert promote.best_candidate(promote.robust_enough(rows, 0.10))["candidate"] == "sturdy"
+    assert promote.best_candidate(promote.robust_enough(rows, None))["candidate"] == "sharp"
+    assert promote.below_floor(rows, 0.10) == ["sharp"]
+    margins = promote.robustness_margins(rows, 0.10)
+    assert margins["sturdy"]["margin"] == pytest.approx(0.02)
+    assert margins["sharp"]["margin"] == pytest.approx(-0.21)  # its worse path, arrays
+    with pytest.raises(StageError, match=r"max_corruption_error: .*sturdy, has 8.0%"):
+        promote.robust_enough(rows, 0.05)
+    for name, row in rows.items():
+        row["run_id"] = f"run-{name}"
+    decision = {
+        "candidate": "sturdy",
+        "champion_run_id": "run-sturdy",
+        "champion_version": "1",
+        "max_multiply_adds": None,
+        "max_corruption_error": 0.10,
+        "below_floor": ["sharp"],
+        "reason": "no champion yet",
+    }
+    assert promote.promotion_notes(rows, decision)["sharp"][1] == (
+        "not eligible: 31.0% error on corrupted validation digits, over the robustness "
+        "floor of 10.0%"
+    )

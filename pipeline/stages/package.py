@@ -117,6 +117,29 @@ own preprocessing; as plain arrays, the same digits score {report["reference_acc
 """
 
 
+def corruption_section(folder: Path, candidate: str) -> str:
+    """The card's table of error on corrupted test digits per family and serving path,
+    from ``folder/<candidate>/corruptions.json``."""
+    path = folder / candidate / "corruptions.json"
+    if not path.is_file():
+        return ""
+    test = atomic.read_json(path)["test"]
+    rows = "\n".join(
+        f"| {family} | {error:.1%} | {test['images']['families'][family]:.1%} |"
+        for family, error in test["arrays"]["families"].items()
+    )
+    return f"""**Common corruptions.** Error on official test digits spoilt in the common ways
+(noise, blur, geometry, intensity, occlusion, outlines; docs/robustness.md), sent as
+arrays to `/predict` and as PNG files to `/predict_image`; the mean is over families.
+
+| family | `/predict` | `/predict_image` |
+|---|---|---|
+{rows}
+| **mean** | **{test["arrays"]["mean_error"]:.1%}** | **{test["images"]["mean_error"]:.1%}** |
+
+"""
+
+
 def source_note(info: dict) -> str:
     """Whether the run's code and params were the commit's (run outputs aside)."""
     if info.get("git_source_changed") == "true":
@@ -303,7 +326,10 @@ def main(args) -> None:
     info = info_of(name, version, stats) | {"onnx_sha256": onnx_sha256}
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
     card = model_card(
-        info, check, robustness_section(args.robustness, info["candidate"], info["run_id"])
+        info,
+        check,
+        robustness_section(args.robustness, info["candidate"], info["run_id"])
+        + corruption_section(args.robustness, info["candidate"]),
     )
     atomic.write_text(out / "model_card.md", card)
     registry.describe(name, version.version, card)

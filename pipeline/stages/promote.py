@@ -1,11 +1,14 @@
 """promote: register the best candidate and move the ``champion`` alias if it wins.
 
 In: ``summary.json`` from summarize (validation and test accuracy, MLflow run id per
-candidate); the ``promote`` and ``mlflow`` params. The choice uses validation accuracy
-only, among the candidates within the serving budget (``promote.max_multiply_adds``):
-the test split plays no part. Out: ``decision.json`` (chosen version, metrics,
-whether the alias moved and why) and, in the MLflow Model Registry, a version of
-``promote.registered_model`` with metrics, params and lineage as tags, and the alias.
+candidate); each candidate's ``corruptions.json`` from robustness; the ``promote`` and
+``mlflow`` params. The choice uses validation accuracy only, among the candidates within
+the serving budget (``promote.max_multiply_adds``) whose error on the validation split's
+corrupted digits clears the robustness floor (``promote.max_corruption_error``) on both
+serving paths: the test split plays no part. Out: ``decision.json`` (chosen version,
+metrics, whether the alias moved and why, each candidate's robustness margin) and, in
+the MLflow Model Registry, a version of ``promote.registered_model`` with metrics,
+robustness, params and lineage as tags, and the alias.
 
 Idempotent: the run that is already registered is not registered again, and a
 champion is only replaced by a strictly better one (by ``min_improvement`` or more).
@@ -48,6 +51,53 @@ def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
     return min(eligible, key=lambda r: (-r["val_accuracy"], r["candidate"]))
 
 
+PATHS = ("arrays", "images")  # POST /predict, POST /predict_image
+
+
+def with_robustness(summary: dict, robustness: Path) -> dict:
+    """The summary's rows with ``val_corruption_error``: {path: the candidate's mean
+    error over corruption families on the validation split}, from robustness's
+    ``<candidate>/corruptions.json``."""
+    rows = {}
+    for name, row in summary.items():
+        report = atomic.read_json(robustness / name / "corruptions.json")["val"]
+        rows[name] = row | {"val_corruption_error": {p: report[p]["mean_error"] for p in PATHS}}
+    return rows
+
+
+def clears_floor(row: dict, floor: float | None) -> bool:
+    return floor is None or max(row["val_corruption_error"].values()) <= floor
+
+
+def below_floor(summary: dict, floor: float | None) -> list[str]:
+    return sorted(r["candidate"] for r in summary.values() if not clears_floor(r, floor))
+
+
+def robust_enough(summary: dict, floor: float | None) -> dict:
+    """The candidates that clear the robustness floor; a clear error if none does."""
+    passing = {name: row for name, row in summary.items() if clears_floor(row, floor)}
+    if summary and not passing:
+        best = min(summary.values(), key=lambda r: max(r["val_corruption_error"].values()))
+        raise StageError(
+            f"promote.max_corruption_error: no candidate's validation error on corrupted "
+            f"digits is within {floor:.1%} on both serving paths (the most robust, "
+            f"{best['candidate']}, has {max(best['val_corruption_error'].values()):.1%}); "
+            "raise the floor or train a more robust candidate"
+        )
+    return passing
+
+
+def robustness_margins(summary: dict, floor: float | None) -> dict:
+    """Per candidate: its validation corruption error per path and how far within the
+    floor its worse path is (negative: over it)."""
+    return {
+        name: row["val_corruption_error"]
+        | ({"margin": floor - max(row["val_corruption_error"].values())} if floor else {})
+        for name, row in sorted(summary.items())
+        if "val_corruption_error" in row
+    }
+
+
 def over_budget(summary: dict, max_multiply_adds: int | None) -> list[str]:
     return sorted(
         r["candidate"] for r in summary.values() if not within_budget(r, max_multiply_adds)
@@ -73,7 +123,9 @@ def champion_val(champion) -> float | None:
 def record(summary: dict, params: PromoteParams) -> dict:
     """What promote would do, with nothing registered and the alias untouched."""
     name = params.registered_model
-    row = best_candidate(summary, params.max_multiply_adds)
+    row = best_candidate(
+        robust_enough(summary, params.max_corruption_error), params.max_multiply_adds
+    )
     champion = registry.current_champion(name) if registry.has_model(name) else None
     if champion is not None and champion.run_id == row["run_id"]:
         would_move, reason = False, "already the champion"
@@ -95,12 +147,17 @@ def record(summary: dict, params: PromoteParams) -> dict:
         "champion_version": champion.version if champion else None,
         "max_multiply_adds": params.max_multiply_adds,
         "over_budget": over_budget(summary, params.max_multiply_adds),
+        "max_corruption_error": params.max_corruption_error,
+        "below_floor": below_floor(summary, params.max_corruption_error),
+        "robustness": robustness_margins(summary, params.max_corruption_error),
     }
 
 
 def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     name = params.registered_model
-    row = best_candidate(summary, params.max_multiply_adds)
+    row = best_candidate(
+        robust_enough(summary, params.max_corruption_error), params.max_multiply_adds
+    )
     registry.ensure_registered_model(name)
     registry.reconcile(name)  # an earlier promote killed mid-way
     version = registry.version_for_run(name, row, experiment_id)
@@ -131,6 +188,9 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
         "champion_run_id": served.run_id,
         "max_multiply_adds": params.max_multiply_adds,
         "over_budget": over_budget(summary, params.max_multiply_adds),
+        "max_corruption_error": params.max_corruption_error,
+        "below_floor": below_floor(summary, params.max_corruption_error),
+        "robustness": robustness_margins(summary, params.max_corruption_error),
     }
 
 
@@ -143,6 +203,12 @@ def promotion_notes(summary: dict, decision: dict) -> dict[str, tuple[str, str]]
     for name, row in summary.items():
         if row["run_id"] == decision["champion_run_id"]:
             note = f"champion: served as version {decision['champion_version']}"
+        elif name in decision.get("below_floor", []):
+            worst = max(row["val_corruption_error"].values())
+            note = (
+                f"not eligible: {worst:.1%} error on corrupted validation digits, over the "
+                f"robustness floor of {decision['max_corruption_error']:.1%}"
+            )
         elif not within_budget(row, budget):
             note = (
                 f"not eligible: {row['multiply_adds']:,} multiply-adds an image, over the "
@@ -164,15 +230,20 @@ def main(args) -> None:
         version = registry.rollback(params.registered_model)
         print(f"promote: {params.registered_model}@{registry.ALIAS} is now version {version}")
         return
-    if args.summary is None or args.out is None:
-        raise StageError("--summary and --out are required unless --rollback")
-    summary = atomic.read_json(args.summary)
+    if args.summary is None or args.out is None or args.robustness is None:
+        raise StageError("--summary, --robustness and --out are required unless --rollback")
+    summary = with_robustness(atomic.read_json(args.summary), args.robustness)
     if tracking.in_workspace():
         decision = promote(summary, params, experiment_id)
         tracking.tag_candidates(experiment_id, promotion_notes(summary, decision))
     else:
         decision = record(summary, params)
     atomic.write_json(args.out, decision)
+    if decision["below_floor"]:
+        print(
+            f"promote: over the robustness floor of {params.max_corruption_error:.1%} error "
+            f"on corrupted validation digits, so not eligible: {', '.join(decision['below_floor'])}"
+        )
     if decision["over_budget"]:
         print(
             f"promote: over the serving budget of {params.max_multiply_adds:,} multiply-adds "
@@ -198,6 +269,9 @@ def cli_main(argv=None) -> None:
     p = cli.parser("promote", __doc__)
     p.add_argument("--summary", type=Path, help="summary.json from summarize")
     p.add_argument("--out", type=Path, help="decision.json to write")
+    p.add_argument(
+        "--robustness", type=Path, help="robustness's folder (<candidate>/corruptions.json)"
+    )
     p.add_argument(
         "--rollback",
         action="store_true",

@@ -9,6 +9,14 @@ kind) and ``robustness.png``. The accuracies also go into the candidate's MLflow
 ``robustness_<kind>``, ``robustness_reference`` and ``robustness_mean``, leaving the
 run's status and end time as they are. An image the preprocessing refused counts as
 wrong, as the service would answer it with a 400.
+
+With ``--corruptions`` (digits.npz from corruption_set): the error on the validation
+and test digits spoilt in the common ways, per corruption, per family and their mean,
+sent as arrays (``/predict``) and as PNG files (``/predict_image``), in
+``corruptions.json`` (validation for promotion's floor, test for the report) and
+``corruptions.csv`` (test, a row per corruption); in MLflow as
+``corruption_error_pct_<path>``, ``val_corruption_error_pct_<path>`` and
+``corruption_<family>_error_pct_<path>``.
 """
 
 from __future__ import annotations
@@ -37,6 +45,50 @@ def accuracy_per_kind(
     pixels = inference.to_pixels(images.reshape(kinds * count, 28, 28))
     predicted = inference.in_batches(predictor, pixels, BATCH).argmax(1).numpy()
     return (predicted.reshape(kinds, count) == labels[None, :]) & ~refused
+
+
+def corruption_report(predictor: inference.Predictor, corrupted: dict) -> dict:
+    """Error rates on corruption_set's digits: for each split and serving path, per
+    corruption, per family (the mean of its corruptions) and ``mean_error`` (the mean of
+    the families, so that a family of four counts as much as a family of one)."""
+    names, families = [str(n) for n in corrupted["names"]], [str(f) for f in corrupted["families"]]
+    report: dict = {}
+    for split in ("val", "test"):
+        labels = corrupted[f"{split}_labels"]
+        sent = {
+            "arrays": (
+                corrupted[f"{split}_arrays"],
+                np.zeros(corrupted[f"{split}_refused"].shape, bool),
+            ),
+            "images": (corrupted[f"{split}_images"], corrupted[f"{split}_refused"]),
+        }
+        report[split] = {}
+        for path, (images, refused) in sent.items():
+            errors = 1 - accuracy_per_kind(predictor, images, refused, labels).mean(axis=1)
+            per_family = {
+                family: float(
+                    np.mean([e for e, f in zip(errors, families, strict=True) if f == family])
+                )
+                for family in dict.fromkeys(families)
+            }
+            report[split][path] = {
+                "mean_error": float(np.mean(list(per_family.values()))),
+                "families": per_family,
+                "corruptions": dict(zip(names, map(float, errors), strict=True)),
+            }
+    return report
+
+
+def corruption_metrics(report: dict) -> dict[str, float]:
+    """The corruption report as MLflow metrics, in percent error: the mean over families
+    per path (test; ``val_`` for validation) and each family's on test."""
+    metrics = {}
+    for path in ("arrays", "images"):
+        metrics[f"corruption_error_pct_{path}"] = 100 * report["test"][path]["mean_error"]
+        metrics[f"val_corruption_error_pct_{path}"] = 100 * report["val"][path]["mean_error"]
+        for family, error in report["test"][path]["families"].items():
+            metrics[f"corruption_{family}_error_pct_{path}"] = 100 * error
+    return metrics
 
 
 def save_plot(accuracy: dict[str, float], reference: float, path: Path, title: str) -> None:
@@ -89,6 +141,26 @@ def main(args) -> None:
         ],
     )
     save_plot(accuracy, metrics["reference_accuracy"], out / "robustness.png", args.candidate)
+    corrupted = corruption_report(predictor, atomic.read_npz(args.corruptions))
+    atomic.write_json(out / "corruptions.json", corrupted)
+    test = corrupted["test"]
+    atomic.write_csv(
+        out / "corruptions.csv",
+        ["family", "corruption", "error_arrays", "error_images"],
+        [
+            [
+                family,
+                name,
+                f"{test['arrays']['corruptions'][name]:.4f}",
+                f"{test['images']['corruptions'][name]:.4f}",
+            ]
+            for family, name in zip(
+                map(str, atomic.read_npz(args.corruptions)["families"]),
+                test["arrays"]["corruptions"],
+                strict=True,
+            )
+        ],
+    )
 
     tracking.setup(mlflow_params)
     tracking.log_robustness(
@@ -98,7 +170,8 @@ def main(args) -> None:
             "robustness_reference": metrics["reference_accuracy"],
             "robustness_mean": metrics["mean_accuracy"],
             "robustness_error_pct": tracking.error_pct(metrics["mean_accuracy"]),
-        },
+        }
+        | corruption_metrics(corrupted),
         out,
     )
     worst = min(accuracy, key=accuracy.__getitem__)
@@ -115,6 +188,7 @@ def cli_main(argv=None) -> None:
     p.add_argument("--model", required=True, type=Path, help="the candidate's train output folder")
     p.add_argument("--stats", required=True, type=Path, help="stats.json from normalise")
     p.add_argument("--photos", required=True, type=Path, help="digits.npz from photo_set")
+    p.add_argument("--corruptions", required=True, type=Path, help="digits.npz from corruption_set")
     p.add_argument("--out", required=True, type=Path, help="folder for this candidate's report")
     cli.run("robustness", main, p.parse_args(argv))
 
