@@ -15,7 +15,11 @@ same views of a real project for docs/img).
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ import pytest
 from playwright.sync_api import expect
 
 from harness import mlflow_ui as views
+from harness.project import ROOT
+from harness.serve import free_port, stop
 from pipeline.tracking import COMPARED_METRICS, PROMOTION_TAG
 
 pytestmark = pytest.mark.slow
@@ -283,3 +289,29 @@ def test_model_page_shows_the_champion_alias(
     expect(version_row.get_by_text(re.compile(r"^@\s*champion$"))).to_be_visible()
     expect(page.get_by_text("MNIST digit classifier:").first).to_be_visible()  # the card
     page.screenshot(path=str(artifacts / "mlflow_registered_model.png"), full_page=True)
+
+
+def test_make_ui_prints_the_link_only_once_the_ui_answers(
+    pipeline_params: views.Pipeline, tmp_path: Path
+) -> None:
+    """`python -m deploy.ui` (what `make ui` runs) on a copy of the store: the first line
+    it prints is the compared-runs link, and the server answers it by then."""
+    shutil.copy2(pipeline_params.store, tmp_path / "mlflow.db")
+    shutil.copy2(pipeline_params.store.parent / "params.yaml", tmp_path / "params.yaml")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "deploy.ui", "--port", str(port), "--params", "params.yaml"],
+        cwd=tmp_path,
+        env={**os.environ, "DVC_ROOT": str(tmp_path), "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        line = process.stdout.readline()  # blocks until the link is printed
+        assert line.startswith("the candidates compared: http://127.0.0.1:"), line
+        assert "viewStateShareKey=candidates" in line and "workflowType=machine_learning" in line
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
+    finally:
+        stop(process)
