@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 
 from pipeline import atomic, models, photos
 from pipeline.params import ParamsError, RobustnessParams, TrainParams, load_section
-from pipeline.stages import photo_set, robustness
+from pipeline.stages import corruption_set, photo_set, robustness
 from tests.conftest import ROOT
 
 KINDS = ["clean", "ruled", "photo"]
@@ -47,8 +47,11 @@ def test_a_kinds_images_do_not_depend_on_the_other_kinds() -> None:
 def test_params_list_every_kind_and_validate() -> None:
     params = load_section(ROOT / "params.yaml", "robustness", RobustnessParams)
     assert params.kinds == list(photos.KINDS)
+    spoilt = {"per_split": 10, "seed": 0, "severity": 0.6, "families": {"noise": ["gaussian"]}}
     with pytest.raises(ValueError, match="more than once"):
-        RobustnessParams(per_kind=10, seed=0, kinds=["clean", "clean"])
+        RobustnessParams.model_validate(
+            {"per_kind": 10, "seed": 0, "kinds": ["clean", "clean"], "corruptions": spoilt}
+        )
     with pytest.raises(ValueError, match="per_kind"):
         RobustnessParams.model_validate({"seed": 0, "kinds": ["clean"]})
 
@@ -135,7 +138,7 @@ def trained(tmp_path_factory, mnist):
 
 
 def test_robustness_scores_a_candidate_and_logs_into_its_run(
-    rendered, trained, tmp_path, monkeypatch
+    rendered, trained, mnist, tmp_path, monkeypatch
 ) -> None:
     import mlflow
 
@@ -149,6 +152,18 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
     before = client.get_run(run.info.run_id).info
     atomic.write_json(trained / "run.json", {"run_id": run.info.run_id, "candidate": "mlp128"})
     out = tmp_path / "report"
+    # Two corruptions of two families, 100 digits of each split, as corruption_set writes them.
+    names, families = ["brightness", "gaussian"], ["intensity", "noise"]
+    spoilt = {"names": np.array(names), "families": np.array(families)}
+    for split, rows in (("val", slice(2000, 2100)), ("test", slice(2100, 2200))):
+        arrays, images, refused = corruption_set.render(mnist[2][rows], names, 0, 0.6)
+        spoilt |= {
+            f"{split}_arrays": arrays,
+            f"{split}_images": images,
+            f"{split}_refused": refused,
+            f"{split}_labels": mnist[3][rows],
+        }
+    atomic.write_npz(tmp_path / "corrupted.npz", **spoilt)
     robustness.main(
         argparse.Namespace(
             params=ROOT / "params.yaml",
@@ -156,8 +171,24 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
             model=trained,
             stats=trained / "stats.json",
             photos=rendered / "data" / "digits.npz",
+            corruptions=tmp_path / "corrupted.npz",
             out=out,
         )
+    )
+    report = json.loads((out / "corruptions.json").read_text())
+    for split in ("val", "test"):
+        for path in ("arrays", "images"):
+            families_seen = report[split][path]["families"]
+            assert set(families_seen) == {"intensity", "noise"}
+            assert report[split][path]["mean_error"] == pytest.approx(
+                np.mean(list(families_seen.values()))
+            )
+    # A flat grey offset sent as an array fools a network trained on black backgrounds far
+    # more than the image path, whose preprocessing divides the paper's brightness out.
+    test = report["test"]
+    assert test["arrays"]["families"]["intensity"] > test["images"]["families"]["intensity"]
+    assert (out / "corruptions.csv").read_text().splitlines()[0] == (
+        "family,corruption,error_arrays,error_images"
     )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["run_id"] == run.info.run_id and metrics["n_per_kind"] == 300
@@ -176,5 +207,9 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
     assert after.data.metrics["robustness_reference"] == pytest.approx(reference)
     assert {f"robustness_{kind}" for kind in KINDS} <= set(after.data.metrics)
     assert (after.info.status, after.info.end_time) == (before.status, before.end_time)
+    assert after.data.metrics["corruption_error_pct_arrays"] == pytest.approx(
+        100 * test["arrays"]["mean_error"]
+    )
+    assert "val_corruption_error_pct_images" in after.data.metrics
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "robustness")}
     assert "robustness/metrics.json" in logged and "robustness/robustness.png" in logged

@@ -309,7 +309,11 @@ def test_make_ui_prints_the_link_only_once_the_ui_answers(
         start_new_session=True,
     )
     try:
-        line = process.stdout.readline()  # blocks until the link is printed
+        lines = []  # MLflow may log a line of its own first
+        while not (lines and lines[-1].startswith("the candidates compared")):
+            lines.append(process.stdout.readline())  # blocks until a line is printed
+            assert lines[-1], f"deploy.ui ended without printing the link: {lines}"
+        line = lines[-1]
         assert line.startswith("the candidates compared: http://127.0.0.1:"), line
         assert "viewStateShareKey=candidates" in line and "workflowType=machine_learning" in line
         assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=5).status_code == 200
