@@ -1,4 +1,4 @@
-"""Subsets of the MNIST arrays, shared by split and train.
+"""Subsets of the MNIST arrays, shared by split, train and the robustness sets.
 
 In: images (N, ...) and labels (N,). Out: a stratified, seeded subset, in the original
 order (a subset is a set, not a shuffle).
@@ -21,3 +21,8 @@ def stratified_take(images: np.ndarray, labels: np.ndarray, size: int, seed: int
     taken, _ = train_test_split(index, train_size=size, stratify=labels, random_state=seed)
     taken.sort()
     return images[taken], labels[taken]
+
+
+def choose(count: int, wanted: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``wanted`` of ``count`` items, drawn with ``seed``."""
+    return np.sort(np.random.default_rng(seed).choice(count, wanted, replace=False))

@@ -23,15 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, cli, corruptions
+from pipeline import atomic, cli, corruptions, dataset
 from pipeline.params import ParamsError, RobustnessParams, load_section
 
 EXAMPLES = 6  # test digits in corruptions.png
-
-
-def choose(count: int, wanted: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``wanted`` of ``count`` digits, drawn with ``seed``."""
-    return np.sort(np.random.default_rng(seed).choice(count, wanted, replace=False))
 
 
 def render(digits: np.ndarray, names: list[str], seed: int, severity: float):
@@ -53,14 +48,14 @@ def main(args) -> None:
         )
     families = [family for family, members in params.families.items() for _ in members]
     out: dict[str, np.ndarray] = {"names": np.array(names), "families": np.array(families)}
-    for split, path in (("val", args.val), ("test", args.test)):
+    for split, path in (("val", args.val), ("test", args.test)):  # test last: it draws the picture
         data = atomic.read_npz(path)
         if params.per_split > len(data["labels"]):
             raise ParamsError(
                 f"{args.params}: robustness.corruptions.per_split: {params.per_split} is more "
                 f"than the {len(data['labels'])} digits of the {split} split"
             )
-        index = choose(len(data["labels"]), params.per_split, params.seed)
+        index = dataset.choose(len(data["labels"]), params.per_split, params.seed)
         arrays, images, refused = render(data["images"][index], names, params.seed, params.severity)
         out |= {
             f"{split}_arrays": arrays,
@@ -71,9 +66,7 @@ def main(args) -> None:
     atomic.write_npz(args.out / "digits.npz", **out)
     atomic.write_bytes(
         args.pictures / "corruptions.png",
-        corruptions.picture(
-            atomic.read_npz(args.test)["images"][:EXAMPLES], params.severity, params.seed
-        ),
+        corruptions.picture(data["images"][:EXAMPLES], params.severity, params.seed),
     )
     refused = int(out["val_refused"].sum() + out["test_refused"].sum())
     print(

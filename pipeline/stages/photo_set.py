@@ -28,18 +28,13 @@ import matplotlib.pyplot as plt
 import numpy as np
 from PIL import Image
 
-from pipeline import atomic, cli, photos
+from pipeline import atomic, cli, dataset, photos
 from pipeline.params import ParamsError, RobustnessParams, load_section
 from serving import preprocess
 
 EXAMPLES = 4  # images of each kind in examples.png
 CELL = (96, 128)  # (height, width) a photo is shrunk into in examples.png
 SEEN = 84  # pixels the 28x28 digit is drawn at beside it (3x)
-
-
-def choose_digits(count: int, per_kind: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``per_kind`` test digits, drawn with ``seed``."""
-    return np.sort(np.random.default_rng(seed).choice(count, per_kind, replace=False))
 
 
 def preprocessed(images: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
@@ -109,7 +104,7 @@ def main(args) -> None:
             f"{args.params}: robustness.per_kind: {params.per_kind} is more than the "
             f"{len(test['labels'])} digits of the test split"
         )
-    index = choose_digits(len(test["labels"]), params.per_kind, params.seed)
+    index = dataset.choose(len(test["labels"]), params.per_kind, params.seed)
     digits = test["images"][index]  # (N, 28, 28) uint8
     # Each kind has its own seeded generator, so the kinds render apart, one process a
     # core, to the same bytes as one after the other.

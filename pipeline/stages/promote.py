@@ -51,22 +51,25 @@ def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
     return min(eligible, key=lambda r: (-r["val_accuracy"], r["candidate"]))
 
 
-PATHS = ("arrays", "images")  # POST /predict, POST /predict_image
-
-
 def with_robustness(summary: dict, robustness: Path) -> dict:
-    """The summary's rows with ``val_corruption_error``: {path: the candidate's mean
-    error over corruption families on the validation split}, from robustness's
+    """The summary's rows with ``val_corruption_error``: {serving path: the candidate's
+    mean error over corruption families on the validation split}, from robustness's
     ``<candidate>/corruptions.json``."""
     rows = {}
     for name, row in summary.items():
         report = atomic.read_json(robustness / name / "corruptions.json")["val"]
-        rows[name] = row | {"val_corruption_error": {p: report[p]["mean_error"] for p in PATHS}}
+        errors = {path: scores["mean_error"] for path, scores in report.items()}
+        rows[name] = row | {"val_corruption_error": errors}
     return rows
 
 
+def worse_path_error(row: dict) -> float:
+    """A candidate's corruption error on its worse serving path: what the floor judges."""
+    return max(row["val_corruption_error"].values())
+
+
 def clears_floor(row: dict, floor: float | None) -> bool:
-    return floor is None or max(row["val_corruption_error"].values()) <= floor
+    return floor is None or worse_path_error(row) <= floor
 
 
 def below_floor(summary: dict, floor: float | None) -> list[str]:
@@ -77,11 +80,11 @@ def robust_enough(summary: dict, floor: float | None) -> dict:
     """The candidates that clear the robustness floor; a clear error if none does."""
     passing = {name: row for name, row in summary.items() if clears_floor(row, floor)}
     if summary and not passing:
-        best = min(summary.values(), key=lambda r: max(r["val_corruption_error"].values()))
+        best = min(summary.values(), key=worse_path_error)
         raise StageError(
             f"promote.max_corruption_error: no candidate's validation error on corrupted "
             f"digits is within {floor:.1%} on both serving paths (the most robust, "
-            f"{best['candidate']}, has {max(best['val_corruption_error'].values()):.1%}); "
+            f"{best['candidate']}, has {worse_path_error(best):.1%}); "
             "raise the floor or train a more robust candidate"
         )
     return passing
@@ -92,9 +95,21 @@ def robustness_margins(summary: dict, floor: float | None) -> dict:
     floor its worse path is (negative: over it)."""
     return {
         name: row["val_corruption_error"]
-        | ({"margin": floor - max(row["val_corruption_error"].values())} if floor else {})
+        | ({"margin": floor - worse_path_error(row)} if floor is not None else {})
         for name, row in sorted(summary.items())
         if "val_corruption_error" in row
+    }
+
+
+def eligibility(summary: dict, params: PromoteParams) -> dict:
+    """The decision's account of who could be chosen: the budget and who is over it, the
+    robustness floor, who is below it and each candidate's margin."""
+    return {
+        "max_multiply_adds": params.max_multiply_adds,
+        "over_budget": over_budget(summary, params.max_multiply_adds),
+        "max_corruption_error": params.max_corruption_error,
+        "below_floor": below_floor(summary, params.max_corruption_error),
+        "robustness": robustness_margins(summary, params.max_corruption_error),
     }
 
 
@@ -145,11 +160,7 @@ def record(summary: dict, params: PromoteParams) -> dict:
         "would_move_alias": would_move,
         "reason": reason,
         "champion_version": champion.version if champion else None,
-        "max_multiply_adds": params.max_multiply_adds,
-        "over_budget": over_budget(summary, params.max_multiply_adds),
-        "max_corruption_error": params.max_corruption_error,
-        "below_floor": below_floor(summary, params.max_corruption_error),
-        "robustness": robustness_margins(summary, params.max_corruption_error),
+        **eligibility(summary, params),
     }
 
 
@@ -186,11 +197,7 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
         "champion_version": served.version,
         "champion_candidate": served.tags.get("candidate"),
         "champion_run_id": served.run_id,
-        "max_multiply_adds": params.max_multiply_adds,
-        "over_budget": over_budget(summary, params.max_multiply_adds),
-        "max_corruption_error": params.max_corruption_error,
-        "below_floor": below_floor(summary, params.max_corruption_error),
-        "robustness": robustness_margins(summary, params.max_corruption_error),
+        **eligibility(summary, params),
     }
 
 
@@ -204,10 +211,9 @@ def promotion_notes(summary: dict, decision: dict) -> dict[str, tuple[str, str]]
         if row["run_id"] == decision["champion_run_id"]:
             note = f"champion: served as version {decision['champion_version']}"
         elif name in decision.get("below_floor", []):
-            worst = max(row["val_corruption_error"].values())
             note = (
-                f"not eligible: {worst:.1%} error on corrupted validation digits, over the "
-                f"robustness floor of {decision['max_corruption_error']:.1%}"
+                f"not eligible: {worse_path_error(row):.1%} error on corrupted validation "
+                f"digits, over the robustness floor of {decision['max_corruption_error']:.1%}"
             )
         elif not within_budget(row, budget):
             note = (

@@ -10,7 +10,7 @@ kind) and ``robustness.png``. The accuracies also go into the candidate's MLflow
 run's status and end time as they are. An image the preprocessing refused counts as
 wrong, as the service would answer it with a 400.
 
-With ``--corruptions`` (digits.npz from corruption_set): the error on the validation
+From ``--corruptions`` (digits.npz from corruption_set): the error on the validation
 and test digits spoilt in the common ways, per corruption, per family and their mean,
 sent as arrays (``/predict``) and as PNG files (``/predict_image``), in
 ``corruptions.json`` (validation for promotion's floor, test for the report) and
@@ -83,7 +83,7 @@ def corruption_metrics(report: dict) -> dict[str, float]:
     """The corruption report as MLflow metrics, in percent error: the mean over families
     per path (test; ``val_`` for validation) and each family's on test."""
     metrics = {}
-    for path in ("arrays", "images"):
+    for path in report["test"]:
         metrics[f"corruption_error_pct_{path}"] = 100 * report["test"][path]["mean_error"]
         metrics[f"val_corruption_error_pct_{path}"] = 100 * report["val"][path]["mean_error"]
         for family, error in report["test"][path]["families"].items():
@@ -141,7 +141,8 @@ def main(args) -> None:
         ],
     )
     save_plot(accuracy, metrics["reference_accuracy"], out / "robustness.png", args.candidate)
-    corrupted = corruption_report(predictor, atomic.read_npz(args.corruptions))
+    spoilt = atomic.read_npz(args.corruptions)
+    corrupted = corruption_report(predictor, spoilt)
     atomic.write_json(out / "corruptions.json", corrupted)
     test = corrupted["test"]
     atomic.write_csv(
@@ -155,7 +156,7 @@ def main(args) -> None:
                 f"{test['images']['corruptions'][name]:.4f}",
             ]
             for family, name in zip(
-                map(str, atomic.read_npz(args.corruptions)["families"]),
+                map(str, spoilt["families"]),
                 test["arrays"]["corruptions"],
                 strict=True,
             )
