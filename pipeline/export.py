@@ -17,6 +17,9 @@ from serving.contract import INPUT_NAME, OUTPUT_NAME
 MAX_PROB_DIFF = 1e-5
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # a node's metadata: where torch built it
+
+
 def export_onnx(predictor: torch.nn.Module) -> bytes:
     """ONNX (opset from torch's dynamo exporter) with a dynamic batch dimension."""
     example = torch.zeros(2, 1, 28, 28)
@@ -31,7 +34,14 @@ def export_onnx(predictor: torch.nn.Module) -> bytes:
         verbose=False,
     )
     program.optimize()
-    return program.model_proto.SerializeToString()
+    model = program.model_proto
+    # The exporter records each node's Python stack trace, with the absolute paths of this
+    # checkout's files: the same network exported in two clones would differ in its bytes.
+    for node in [*model.graph.node, *(n for f in model.functions for n in f.node)]:
+        kept = [prop for prop in node.metadata_props if prop.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(kept)
+    return model.SerializeToString()
 
 
 def check_onnx(onnx_bytes: bytes, predictor: torch.nn.Module, pixels: torch.Tensor) -> dict:
