@@ -2,9 +2,12 @@
 VENV    := .venv
 PY      := $(VENV)/bin/python
 # One stamp for the pipeline's packages, one for the test tools on top: make run installs
-# only what the pipeline imports; make test adds the rest. pip compiles every module as it
-# installs (most of the install's time): where PYTHONDONTWRITEBYTECODE is set, nothing else
-# would, and every stage's process would compile torch and MLflow from source again.
+# only what the pipeline imports; make test adds the rest. Every installed module is compiled
+# once, after pip, by compileall on every core (pip compiles on one, the most of an install's
+# time): where PYTHONDONTWRITEBYTECODE is set, nothing else would, and every stage's process
+# would compile torch and MLflow from source again. As with pip, a file that does not compile
+# on this Python (torch ships a few written for newer ones) is skipped.
+COMPILE := $(PY) -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 STAMP   := $(VENV)/.installed-$(SUM)
 RUN_STAMP := $(VENV)/.installed-run-$(SUM)
@@ -38,12 +41,14 @@ install-run: $(RUN_STAMP)
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q --no-compile -e .
+	$(COMPILE)
 	rm -f $(VENV)/.installed-* && touch $@
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-compile -e '.[test]'
+	$(COMPILE)
 	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
 run: install-run        ## the whole pipeline: fetch ... train, evaluate ... promote, package
