@@ -15,21 +15,16 @@ import torch
 
 from pipeline.params import Candidate
 
-# A dense layer this wide makes a step's matrix products and optimiser update big enough
-# for a second thread to pay (R3's 784-wide layer: 1.3x on two cores).
-WIDE_LAYER = 512
-
 
 def threads_for(threads: int, candidate: Candidate, processes: int = 1) -> int:
-    """``threads`` if set; else, for a CNN or a dense model with a hidden layer of at
-    least WIDE_LAYER units, the cores shared among this machine's ``processes``
-    (data-parallel ranks), and 1 for the other dense models. A narrow dense model's step
-    is a few small ops that a second thread does not speed up, but that slow down many
-    times over when another process holds a core and the threads wait on each other."""
+    """``threads`` if set; else, for a CNN, the cores shared among this machine's
+    ``processes`` (data-parallel ranks), and 1 for the dense models. A dense model's step
+    is a few small matrix products: a second thread gains little even on R3's 784-wide
+    layer, and it can slow a whole run down many times over, the threads waiting on each
+    other whenever anything else holds a core."""
     if threads:
         return threads
-    wide = max(getattr(candidate, "hidden", None) or [0]) >= WIDE_LAYER
-    return max(1, (os.cpu_count() or 1) // processes) if candidate.is_cnn or wide else 1
+    return max(1, (os.cpu_count() or 1) // processes) if candidate.is_cnn else 1
 
 
 def set_threads(threads: int, candidate: Candidate, processes: int = 1) -> int:
