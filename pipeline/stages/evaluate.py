@@ -19,18 +19,26 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.decomposition import PCA
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from pipeline import atomic, cli, distributed, inference, models, plots, runtime, tracking
 from pipeline.params import EvaluateParams, MlflowParams, TrainParams, load_section
 
 
+def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """(10, 10) counts: row the true digit, column the predicted one."""
+    return np.bincount(labels.astype(np.int64) * 10 + pred, minlength=100).reshape(10, 10)
+
+
 def score(probs: np.ndarray, labels: np.ndarray) -> dict:
     pred = probs.argmax(1)
-    precision, recall, f1, support = precision_recall_fscore_support(
-        labels, pred, labels=range(10), zero_division=0
-    )
+    counts = confusion(labels, pred)
+    hits, support, predicted = np.diag(counts), counts.sum(1), counts.sum(0)
+
+    def ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:  # 0 where den is 0
+        return np.divide(num, den, out=np.zeros(10), where=den > 0)
+
+    precision, recall = ratio(hits, predicted), ratio(hits, support)
+    f1 = ratio(2 * hits, support + predicted)  # 2 tp / (2 tp + fp + fn)
     loss = F.nll_loss(
         torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
         torch.from_numpy(labels.astype(np.int64)),
@@ -50,6 +58,17 @@ def score(probs: np.ndarray, labels: np.ndarray) -> dict:
             for d in range(10)
         },
     }
+
+
+def principal_components(features: np.ndarray, k: int = 2) -> np.ndarray:
+    """(N, F) -> (N, k): the features projected on their first k principal axes, each
+    axis's sign fixed (its largest loading positive) so the same features give the same
+    picture."""
+    centred = features - features.mean(0)
+    _, _, axes = np.linalg.svd(centred, full_matrices=False)  # (F', F), rows by variance
+    top = axes[:k]
+    signs = np.sign(top[np.arange(k), np.abs(top).argmax(1)])  # (k,)
+    return centred @ (top * signs[:, None]).T
 
 
 def penultimate(predictor: inference.Predictor, pixels: torch.Tensor) -> np.ndarray:
@@ -90,13 +109,9 @@ def write_pictures(
         out / "samples.png",
         f"{name}: random test digits, predicted (true if wrong)",
     )
-    plots.save_confusion(
-        confusion_matrix(labels, pred, labels=range(10)), out / "confusion.png", name
-    )
+    plots.save_confusion(confusion(labels, pred), out / "confusion.png", name)
     subset = sample if len(sample) >= 500 else np.arange(min(2000, len(labels)))
-    points = PCA(n_components=2, random_state=seed).fit_transform(
-        penultimate(predictor, pixels[subset])
-    )
+    points = principal_components(penultimate(predictor, pixels[subset]))
     plots.save_embedding(points, labels[subset], out / "embedding.png", name)
     with open(train_dir / "iterations.csv") as f:
         losses = [float(row["loss"]) for row in csv.DictReader(f)]
