@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -95,10 +96,11 @@ class Project:
 
     @staticmethod
     def stages_run(result) -> list[str]:
+        """The stages a `dvc repro` or `dvc exp run` ran, in order, from its result or
+        its output."""
+        output = result if isinstance(result, str) else result.stdout
         return [
-            line.split("'")[1]
-            for line in result.stdout.splitlines()
-            if line.startswith("Running stage")
+            line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage")
         ]
 
     def fingerprint(self) -> dict[str, str]:
@@ -163,3 +165,44 @@ def open_project(path: Path, mirror: Path, bentoml_home: Path | None = None) -> 
     for name in ("MLFLOW_TRACKING_URI", "MNIST_MODEL_TAG", "PROMETHEUS_MULTIPROC_DIR"):
         env.pop(name, None)
     return Project(path, env)
+
+
+def copy_project(project: Project, path: Path, mirror: Path) -> Project:
+    """A copy of ``project`` at ``path`` that stands on its own: its files and git and DVC
+    history, its BentoML home beside it, and its MLflow store's runs, models and registry
+    with their artifacts in the copy. What a second `dvc repro` of the same commit would
+    hold, without running the pipeline again. DVC's own temporary state is left behind."""
+
+    def dvc_tmp(folder: str, names: list[str]) -> list[str]:
+        return ["tmp"] if Path(folder) == project.path / ".dvc" else []
+
+    shutil.copytree(project.path, path, symlinks=True, ignore=dvc_tmp)
+    home = path.parent / f"{path.name}-bentoml"
+    shutil.copytree(project.env["BENTOML_HOME"], home, symlinks=True)
+    store = path / "mlflow.db"
+    if store.exists():
+        relocate_store(store, project.path, path)
+    return open_project(path, mirror, bentoml_home=home)
+
+
+def relocate_store(store: Path, old: Path, new: Path) -> None:
+    """Point every path under ``old`` that an MLflow SQLite store records (the experiment's
+    artifact location, each run's and logged model's artifacts, the registry's sources) at
+    the same path under ``new``: MLflow stores them absolute. Every text column of every
+    table is rewritten, so that a new MLflow schema needs no change here."""
+    before, after = f"{old.resolve()}/", f"{new.resolve()}/"
+    with sqlite3.connect(store) as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            columns = [
+                row[1]
+                for row in db.execute(f'PRAGMA table_info("{table}")')
+                if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()
+            ]
+            for column in columns:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE instr("{column}", ?) > 0',
+                    (before, after, before),
+                )
+    db.close()

@@ -16,7 +16,8 @@ from __future__ import annotations
 import pytest
 
 from harness.faults import client, killed, promotion_under_kill
-from tests.conftest import ENABLED, Project, new_project
+from harness.project import copy_project
+from tests.conftest import ENABLED, Project
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +38,12 @@ def unignored_leftovers(project: Project) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, mirror) -> Project:
-    project = new_project(tmp_path_factory.mktemp("faults"), mirror)
-    project.run("dvc", "repro")
+def project(tmp_path_factory, mirror, pipeline_project: Project, pipeline_store) -> Project:
+    """A copy of the suite's pipeline project after its `dvc repro`, for these tests alone
+    to kill and repair; its `dvc repro` runs nothing, and its outputs are the clean state
+    every repair must give back."""
+    project = copy_project(pipeline_project, tmp_path_factory.mktemp("faults") / "project", mirror)
+    assert project.stages_run(project.run("dvc", "repro")) == []
     project.clean = project.fingerprint()
     return project
 
