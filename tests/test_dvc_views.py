@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import re
 import shlex
-import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 import yaml
 
-from harness.project import ENABLED, Project, open_project
+from harness.project import ENABLED, Project, copy_project
 
 ROOT = Path(__file__).resolve().parent.parent
 PLOTS = ROOT / ".dvc" / "plots"
@@ -153,15 +152,15 @@ def test_dvc_plots_show_writes_a_page_of_a_few_charts_that_loads_nothing_remote(
 @pytest.fixture(scope="module")
 def readme_outputs(pipeline_project: Project, pipeline_store: Path, tmp_path_factory, mirror):
     """The README's commands in a copy of the store, committed as a user would have it."""
-    tmp = tmp_path_factory.mktemp("readme")
-    shutil.copytree(pipeline_store, tmp / "project", symlinks=True)
-    project = open_project(tmp / "project", mirror, bentoml_home=tmp / "bentoml")
+    project = copy_project(pipeline_project, tmp_path_factory.mktemp("readme") / "project", mirror)
     project.run("dvc", "exp", "remove", "--all-commits", check=False)  # other tests' names
     project.commit("the README's baseline")
     env = {**project.env, "COLUMNS": str(WIDTH)}
-    return {
+    outputs = {
         command: project.run(*shlex.split(command), env=env).stdout for command in README_COMMANDS
     }
+    outputs["dvc exp show --json"] = project.run("dvc", "exp", "show", "--json").stdout
+    return outputs
 
 
 def test_the_compared_commands_are_the_readmes() -> None:
@@ -170,11 +169,25 @@ def test_the_compared_commands_are_the_readmes() -> None:
 
 
 @pytest.mark.slow
-def test_the_readmes_dvc_commands_print_within_120_columns(readme_outputs: dict) -> None:
-    for command, output in readme_outputs.items():
+def test_the_readmes_dvc_commands_rerun_one_candidate_and_print_within_120_columns(
+    readme_outputs: dict,
+) -> None:
+    for command in README_COMMANDS:
+        output = readme_outputs[command]
         print(f"$ {command}\n{output}")  # shown with pytest -rP
         if not command.startswith("dvc exp run"):  # a stage's own lines, not a table
             assert widest(output) <= WIDTH, f"{command}:\n{output}"
+    # Changing one candidate's lr reruns its own stages and those that compare them, no other.
+    ran = Project.stages_run(readme_outputs[README_COMMANDS[1]])
+    assert ran[:2] == ["train@mlp128", "evaluate@mlp128"]
+    assert set(ran) <= {
+        "train@mlp128",
+        "evaluate@mlp128",
+        "robustness@mlp128",
+        "summarize",
+        "promote",
+        "package",
+    }
     experiments = readme_outputs[README_COMMANDS[2]]
     assert (
         "lr01" in experiments
@@ -182,4 +195,7 @@ def test_the_readmes_dvc_commands_print_within_120_columns(readme_outputs: dict)
         and "mlp128.json:val_accuracy" in experiments
     )
     assert "train.candidates.mlp128.lr" in readme_outputs["dvc params diff"]
+    # the experiment, its changed param and its scores, as a machine reads them
+    shown = readme_outputs["dvc exp show --json"]
+    assert "lr01" in shown and "0.01" in shown and "test_accuracy" in shown
     assert "reports/scores/mlp128.json" in readme_outputs["dvc metrics diff --precision 4"]

@@ -185,30 +185,6 @@ def test_second_repro_runs_nothing(project, first_repro):
     assert project.stages_run(result) == []
 
 
-def test_changing_one_candidates_lr_reruns_only_its_train_and_evaluate(project, first_repro):
-    params = project.params()
-    params["train"]["candidates"]["mlp128"]["lr"] = 0.002
-    project.write_params(params)
-    result = project.run("dvc", "repro")
-    assert project.stages_run(result)[:2] == ["train@mlp128", "evaluate@mlp128"]
-    assert set(project.stages_run(result)) <= {
-        "train@mlp128",
-        "evaluate@mlp128",
-        "robustness@mlp128",
-        "summarize",
-        "promote",
-        "package",
-    }
-
-
-def test_dvc_exp_run_and_show(project, first_repro):
-    project.commit("run")
-    project.run("dvc", "exp", "run", "-S", "train.candidates.mlp128.lr=0.01", "-n", "lr01")
-    shown = json.loads(project.run("dvc", "exp", "show", "--json").stdout)
-    text = json.dumps(shown)
-    assert "lr01" in text and "0.01" in text and "test_accuracy" in text
-
-
 def test_queued_experiments_share_the_sqlite_store_two_at_a_time(project, first_repro):
     """Two experiments in temporary copies write to the workspace's mlflow.db at once:
     both finish (SQLite waits for its lock instead of failing) and both runs are there."""
