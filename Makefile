@@ -25,11 +25,13 @@ export ORT_DISABLE_TELEMETRY := 1
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
-# wrk for the load benchmark, PostgreSQL for the team stack, podman & co. for the image.
+# wrk for the load benchmark, PostgreSQL for the team stack, podman & co. for the image,
+# Prometheus (and its promtool) for the metrics and alerting-rule tests.
 IMAGE_TOOLS := podman buildah runc debootstrap
-DEBIAN_TOOLS := chromium wrk postgresql $(IMAGE_TOOLS)
+DEBIAN_TOOLS := chromium wrk postgresql prometheus $(IMAGE_TOOLS)
 system-tools:
 	@command -v chromium >/dev/null && command -v wrk >/dev/null && \
+	  command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  command -v podman >/dev/null && command -v debootstrap >/dev/null && \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
