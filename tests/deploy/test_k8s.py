@@ -4,7 +4,8 @@ Each manifest validates with `kubernetes-validate --strict` (its schemas ship in
 against a pinned Kubernetes version, and a broken copy fails that same check. The
 kustomization lists every manifest and names the image in one place; rendered the way
 kustomize renders those two fields, the Deployment runs that image, and the objects fit
-together (selectors, ports, probes, the autoscaler's target).
+together (selectors, ports, probes, the autoscaler's target), and the pods carry the
+annotations a cluster's Prometheus discovers them by.
 """
 
 from __future__ import annotations
@@ -68,6 +69,8 @@ def test_each_manifest_validates_strictly() -> None:
     [
         ("readinessProbe:", "readinesProbe:", "'readinesProbe' was unexpected"),
         ("containerPort: 3000", 'containerPort: "3000"', "is not of type 'integer'"),
+        # Annotations are strings: an unquoted true is a YAML boolean, refused by the API.
+        ('prometheus.io/scrape: "true"', "prometheus.io/scrape: true", "is not of type 'string'"),
     ],
 )
 def test_a_broken_manifest_fails_validation(tmp_path: Path, old: str, new: str, complaint) -> None:
@@ -120,6 +123,25 @@ def test_the_objects_fit_together() -> None:
         assert set(container["resources"][kind]) == {"cpu", "memory"}
     env = {e["name"]: e["value"] for e in container["env"]}
     assert int(env["MNIST_WORKERS"]) == int(container["resources"]["limits"]["cpu"])
+
+
+def test_the_pods_ask_prometheus_to_scrape_their_metrics() -> None:
+    """The annotations a pod-discovering Prometheus keeps pods by (docs/serving.md): on the
+    pod template, where the pods get them, naming the named port BentoML serves on."""
+    deployment = rendered()["Deployment"]
+    pod = deployment["spec"]["template"]
+    annotations = pod["metadata"]["annotations"]
+    [container] = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert annotations == {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(ports["http"]),
+        "prometheus.io/path": "/metrics",
+    }
+    # Only the pods ask: the Service too would have a cluster scrape every pod twice.
+    for obj in rendered().values():
+        if obj is not deployment:
+            assert "prometheus.io/scrape" not in obj["metadata"].get("annotations", {})
 
 
 def test_the_pod_runs_as_non_root_on_a_read_only_root() -> None:
