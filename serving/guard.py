@@ -13,6 +13,7 @@ In: every HTTP request to the service. Out: the request passed on unchanged, or
   part's own, or application/octet-stream), so the API sees one kind of request; 400 for
   a form without a file part, with two, with a text field, or that cannot be read, and
   415 for a part whose Content-Type the route does not take.
+Each refusal is counted in /metrics by its reason (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving import metrics
 
 FORM = "multipart/form-data"
 
@@ -52,18 +55,21 @@ class RequestGuard:
         media_type = content_type.split(";")[0].strip().lower()
         if accepted is not None and media_type and not _accepts(accepted, media_type):
             await _drain(receive)
-            await _reply(send, 415, _not_accepted(media_type, accepted))
+            await _reply(send, 415, _not_accepted(media_type, accepted), "content_type")
             return
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
                 await _reply(
-                    send, 400, f"Content-Length {declared.decode('latin-1')!r} is not a number"
+                    send,
+                    400,
+                    f"Content-Length {declared.decode('latin-1')!r} is not a number",
+                    "content_length",
                 )
                 return
             if int(declared) > self.max_bytes:
                 await _drain(receive)  # so a client that is still sending gets to read the reply
-                await _reply(send, 413, self._too_large(int(declared)))
+                await _reply(send, 413, self._too_large(int(declared)), "body_too_large")
                 return
         if media_type == FORM and scope["path"] in self.form_uploads:
             await self._form_upload(scope, receive, send, content_type, accepted or ())
@@ -89,7 +95,7 @@ class RequestGuard:
             more = message.get("more_body", False)
             if size > self.max_bytes:
                 size += await _drain(receive) if more else 0
-                await _reply(send, 413, self._too_large(size))
+                await _reply(send, 413, self._too_large(size), "body_too_large")
                 return None
             if not more:
                 return b"".join(chunks)
@@ -104,12 +110,15 @@ class RequestGuard:
         try:
             part = form_file(body, content_type)
         except FormError as error:
-            await _reply(send, error.status, str(error))
+            await _reply(send, error.status, str(error), "form")
             return
         raw_types = [pattern for pattern in accepted if pattern != FORM]
         if part.media_type and not _accepts(raw_types, part.media_type):
             await _reply(
-                send, 415, "the form's file part: " + _not_accepted(part.media_type, raw_types)
+                send,
+                415,
+                "the form's file part: " + _not_accepted(part.media_type, raw_types),
+                "content_type",
             )
             return
         kept = [
@@ -255,7 +264,9 @@ async def _drain(receive: Receive) -> int:
             return size
 
 
-async def _reply(send: Send, status: int, error: str) -> None:
+async def _reply(send: Send, status: int, error: str, reason: str) -> None:
+    """Refuse the request with `status` and a JSON body; count it under `reason`."""
+    metrics.rejected(reason)
     body = json.dumps({"error": error}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -9,7 +9,8 @@ next line, so that a client sending nonsense cannot fill the disk; and
 ``Connection: close`` on a connection's ``max_requests``-th answer, so that clients
 reconnect now and then and spread over the workers again, as after one of them was
 restarted. The access log of every request is
-BentoML's, off unless MNIST_ACCESS_LOG=1 (serving/service.py).
+BentoML's, off unless MNIST_ACCESS_LOG=1 (serving/service.py). Each API request's
+latency, and a 4xx that no inner layer counted, go to /metrics (serving/metrics.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from collections import OrderedDict
 from contextvars import ContextVar
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serving import metrics
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 log = logging.getLogger("bentoml.mnist")  # under bentoml: its handlers format it
@@ -67,6 +70,7 @@ class RequestLog:
         given = dict(scope["headers"]).get(b"x-request-id", b"")
         request_id = given.decode() if PLAIN_ID.fullmatch(given) else uuid.uuid4().hex[:16]
         token = REQUEST_ID.set(request_id)
+        timer = metrics.RequestTimer(scope["path"])
         close = self._count(scope.get("client"))
         answer: dict = {"status": 0, "body": b""}
 
@@ -84,6 +88,7 @@ class RequestLog:
         try:
             await self.app(scope, receive, tell)
         finally:
+            timer.done(answer["status"])
             if answer["status"] >= 400:
                 what = answer["body"].decode("utf-8", "replace").replace("\n", " ")
                 self.errors.tell(

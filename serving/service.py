@@ -17,7 +17,8 @@ Endpoints (all POST, as BentoML routes its APIs):
 - GET /           the API's OpenAPI page, with a link to /ui/ and nothing loaded from
                   outside the service (serving/ui.py's ApiPage, serving/static/api.html)
 BentoML adds GET /livez, /readyz (ready once a worker has loaded and warmed the model)
-and /metrics (Prometheus). Bad input gets a 4xx with a JSON body: 400 {"error": ...,
+and /metrics (Prometheus: BentoML's request metrics and this service's own, listed in
+serving/metrics.py). Bad input gets a 4xx with a JSON body: 400 {"error": ...,
 "detail": [{"loc": [field], "msg": what is wrong}]}; 413/415 {"error": ...} for a body
 over MAX_BODY_BYTES or of the wrong Content-Type (see serving/guard.py).
 
@@ -49,7 +50,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving import preprocess, ui
+from serving import metrics, preprocess, ui
 from serving.batching import MicroBatcher
 from serving.contract import IMAGE_SIDE, MODEL_NAME
 from serving.guard import FORM, RequestGuard
@@ -96,7 +97,9 @@ class ImagePrediction(BaseModel):
 
 
 def rejected(api: str, error: BadInput) -> ValidationError:
-    """A BadInput as the ValidationError BentoML turns into a 400 with a JSON body."""
+    """A BadInput as the ValidationError BentoML turns into a 400 with a JSON body;
+    counted in /metrics by the field at fault."""
+    metrics.rejected(error.field)
     detail = InitErrorDetails(
         type=PydanticCustomError("bad_input", "{reason}", {"reason": str(error)}),
         loc=(error.field,),
@@ -207,7 +210,8 @@ class MNISTClassifier:
                 pixels = preprocess.digits_from_base64(images_b64 or "", dtype)
         except BadInput as error:
             raise rejected("predict", error) from None
-        probabilities = await self.batcher(pixels)
+        probabilities = await self.batcher(pixels)  # (N, 10)
+        metrics.answered("/predict", probabilities)
         return Prediction(
             labels=probabilities.argmax(axis=1).tolist(), probabilities=probabilities.tolist()
         )
@@ -226,7 +230,9 @@ class MNISTClassifier:
         except BadInput as error:
             raise rejected("predict_image", error) from None
         pixels = digit.astype(np.float32).reshape(1, 1, IMAGE_SIDE, IMAGE_SIDE) / np.float32(255)
-        probabilities = (await self.batcher(pixels))[0]
+        batch = await self.batcher(pixels)  # (1, 10)
+        metrics.answered("/predict_image", batch)
+        probabilities = batch[0]
         return ImagePrediction(
             label=int(probabilities.argmax()),
             probabilities=probabilities.tolist(),
