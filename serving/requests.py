@@ -25,6 +25,7 @@ from contextvars import ContextVar
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import metrics
+from serving.bentoml_adapter import SERVER_LOGGER
 
 REQUEST_ID: ContextVar[str] = ContextVar("request_id", default="-")
 log = logging.getLogger("bentoml.mnist")  # under bentoml: its handlers format it
@@ -127,4 +128,4 @@ class QuietClientErrors(logging.Filter):
 
 
 def install_filters() -> None:
-    logging.getLogger("bentoml._internal.server.http_app").addFilter(QuietClientErrors())
+    logging.getLogger(SERVER_LOGGER).addFilter(QuietClientErrors())

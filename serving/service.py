@@ -43,8 +43,6 @@ import attrs
 import bentoml
 import numpy as np
 import prometheus_client
-from _bentoml_sdk.method import APIMethod  # what @bentoml.api makes; see ImageUploadAPI
-from bentoml._internal.service.openapi.specification import MediaType, Schema
 from bentoml.models import BentoModel
 from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
@@ -52,6 +50,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from serving import metrics, preprocess, ui
 from serving.batching import MicroBatcher
+from serving.bentoml_adapter import APIMethod, MediaType, Schema
 from serving.contract import IMAGE_SIDE, MODEL_NAME
 from serving.guard import FORM, RequestGuard
 from serving.preprocess import BadInput, PixelDtype
