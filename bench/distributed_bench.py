@@ -34,7 +34,8 @@ SECTION = "Training past one CPU"
 
 
 def write_arrays(folder: Path) -> None:
-    """The normalised train and val arrays of the full data set, as the pipeline makes them."""
+    """The normalised train and val arrays of the full data set and their stats.json, as
+    the normalise stage writes them."""
     fetch.fetch_all(load_section(PARAMS, "fetch", FetchParams), folder / "raw")
     parts = split.split(
         split.load_raw(folder / "raw", "train"),
@@ -42,6 +43,7 @@ def write_arrays(folder: Path) -> None:
         load_section(PARAMS, "split", SplitParams),
     )
     stats = normalise.statistics(parts["train"][0], standardise=False)
+    atomic.write_json(folder / "stats.json", stats)
     for name in ("train", "val"):
         images, labels = parts[name]
         atomic.write_npz(

@@ -140,3 +140,20 @@ def test_a_failing_rank_fails_the_whole_command_with_its_message(ddp_project):
     output = result.stdout + result.stderr
     assert "fault injected at train.start on rank 1" in output
     assert "2 data-parallel processes under torchrun failed" in output
+
+
+def test_the_training_benchmark_writes_the_data_the_training_loop_reads(
+    tmp_path, mirror, monkeypatch
+):
+    """bench.distributed_bench trains from arrays of its own making: they must be what the
+    normalise stage hands the train stage, stats.json included, or the benchmark's rows fail."""
+    from bench import distributed_bench
+    from pipeline import training
+    from pipeline.params import TrainParams, load_section
+
+    monkeypatch.setenv("MNIST_MIRROR", str(mirror))
+    distributed_bench.write_arrays(tmp_path)
+    candidate = load_section(ROOT / "params.yaml", "train", TrainParams).candidates["cnn_compact"]
+    data = training.load_data(tmp_path, candidate, seed=0)
+    assert data.x_train.shape[1:] == (1, 28, 28) and len(data.y_val) > 0
+    assert (data.mean, data.std) == (0.0, 1.0)  # the pipeline's default: pixels / 255 only
