@@ -21,7 +21,7 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: install install-run run test check lint bench reproduce chaos serve ui screenshots clean system-tools stack-up stack-down
+.PHONY: install install-run run test check lint bench reproduce chaos serve ui screenshots upgrade-check clean system-tools stack-up stack-down
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
@@ -78,6 +78,9 @@ chaos: install system-tools  ## kills, faults, overload, hostile input: docs/rel
 
 screenshots: install system-tools  ## docs/img's MLflow UI views, taken from this project's store (after make run)
 	$(PY) -m harness.mlflow_ui --project . --out docs/img
+
+upgrade-check: install system-tools  ## the service's tests against the newest BentoML on the index: docs/upgrades.md
+	$(PY) -m harness.upgrade
 
 stack-up: install system-tools  ## a team's tracking stack on 127.0.0.1: PostgreSQL, S3, mlflow server
 	$(PY) -m deploy.stack up
