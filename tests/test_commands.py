@@ -4,7 +4,6 @@ tiny size so that they cannot rot; make reproduce's tiny run is in test_reproduc
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from bench.__main__ import run_parts
 from harness import loops
+from harness.project import copy_project
 from harness.report import Report
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,12 +81,12 @@ def test_make_bench_at_a_tiny_size_writes_a_whole_page(tmp_path: Path, mirror: P
 
 @pytest.mark.slow
 def test_make_chaos_at_a_tiny_size_kills_repairs_and_attacks(
-    tmp_path: Path, pipeline_project, pipeline_store: Path
+    tmp_path: Path, pipeline_project, pipeline_store: Path, mirror: Path
 ) -> None:
-    copy = tmp_path / "project"
-    shutil.copytree(pipeline_store, copy, symlinks=True)
-    args = ["--tiny", "--project", str(copy)]
-    page = page_written("reliability", args, tmp_path / "reliability.md", pipeline_project.env)
+    # Its own copy: the repairs log runs and artifacts into the copy's store, not the suite's.
+    copy = copy_project(pipeline_project, tmp_path / "project", mirror)
+    args = ["--tiny", "--project", str(copy.path)]
+    page = page_written("reliability", args, tmp_path / "reliability.md", copy.env)
     assert "| split |" in page and "1 of 1 kills survived" in page
     assert "... answers with a 5xx status | 0 |" in page
 
