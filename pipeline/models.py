@@ -187,7 +187,9 @@ def build(c: Candidate) -> nn.Module:
         return BUILDERS[c.arch](c)
     nets = [BUILDERS[c.arch](c) for _ in range(c.members)]
     if c.input_norm == "per_image":
-        nets = [nn.Sequential(PerImageContrast(), member) for member in nets]
+        # One flat Sequential, the stretch its first layer: the layers after it (and the
+        # penultimate features, net[:-1]) are where they are without it.
+        nets = [nn.Sequential(PerImageContrast(), *member) for member in nets]
     net = nets[0] if c.members == 1 else Ensemble(nets)
     if c.init == "glorot":  # Keras's defaults for Dense and Conv2D
         for layer in net.modules():

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from pipeline.stages.evaluate import confusion, principal_components, score
+from pipeline import atomic, inference, models
+from pipeline.params import TrainParams, load_section
+from pipeline.stages.evaluate import (
+    confusion,
+    penultimate,
+    principal_components,
+    score,
+    write_pictures,
+)
 
 
 def test_per_class_scores_and_confusion_are_scikit_learns(rng) -> None:
@@ -33,3 +45,25 @@ def test_the_embedding_is_the_first_two_principal_components(rng) -> None:
     ours, theirs = principal_components(features), PCA(2).fit_transform(features)
     assert np.allclose(np.abs(ours), np.abs(theirs), atol=1e-8)  # the same axes, up to sign
     assert np.array_equal(ours, principal_components(features.copy()))
+
+
+@pytest.mark.parametrize("name", ["cnn_compact", "cnn_sturdy"])
+def test_pictures_for_a_network_with_and_without_its_own_input_stretch(name, tmp_path) -> None:
+    """The embedding reads the features before the last layer and the weight picture the
+    first layer, also when the network starts with the per-image stretch."""
+    candidate = load_section(Path("params.yaml"), "train", TrainParams).candidate(name)
+    torch.manual_seed(0)
+    predictor = inference.Predictor(models.build(candidate), 0.1307, 0.3081)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, 40)
+    atomic.write_csv(tmp_path / "iterations.csv", ["loss"], [[2.3], [1.1]])
+    atomic.write_csv(
+        tmp_path / "history.csv", ["epoch", "val_correct", "val_accuracy"], [[1, 30, 0.75]]
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    pixels = inference.to_pixels(images)
+    assert penultimate(predictor, pixels).shape == (40, 128)  # the dense layer's units
+    write_pictures(name, out, predictor, pixels, images, labels, labels, tmp_path, 16, 0)
+    assert {p.name for p in out.iterdir()} >= {"weights.png", "embedding.png", "confusion.png"}
