@@ -237,43 +237,27 @@ def training_run(
     mlflow.end_run("FINISHED")
 
 
-def log_evaluation(
-    run: dict, metrics: dict[str, float], folder: Path, stage_seconds: float
-) -> None:
-    """Log evaluate's metrics and ``folder`` (as ``evaluate/``) into the candidate's
-    training run, then set the run's end to its training's end (``run["ended_ms"]``, from
-    run.json) plus ``stage_seconds``: the run's duration is the time of its own work, not
-    the hours other candidates trained in between."""
+def add_to_run(
+    run_id: str, metrics: dict[str, float], folders: dict[str, Path], tag: str, digest: str
+) -> bool:
+    """Add ``metrics`` and each folder (as artifacts under its key) to run ``run_id``,
+    leaving its status and end time as its stage left them; then tag the run ``tag`` =
+    ``digest``, last, so that an interrupted addition is made again. A run already tagged
+    with ``digest`` is left alone; return whether anything was added."""
     import time
 
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
     client = MlflowClient()
+    if client.get_run(run_id).data.tags.get(tag) == digest:
+        return False
     now = int(time.time() * 1000)
-    client.log_batch(
-        run["run_id"], metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    )
-    client.log_artifacts(run["run_id"], str(folder), artifact_path="evaluate")
-    client.set_terminated(
-        run["run_id"], "FINISHED", end_time=run["ended_ms"] + round(stage_seconds * 1000)
-    )
-
-
-def log_robustness(run: dict, metrics: dict[str, float], folder: Path) -> None:
-    """Log the robustness stage's metrics and ``folder`` (as ``robustness/``) into the
-    candidate's training run, leaving the run's status and end time as they are."""
-    import time
-
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
-    client = MlflowClient()
-    now = int(time.time() * 1000)
-    client.log_batch(
-        run["run_id"], metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()]
-    )
-    client.log_artifacts(run["run_id"], str(folder), artifact_path="robustness")
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    for artifact_path, folder in folders.items():
+        client.log_artifacts(run_id, str(folder), artifact_path=artifact_path)
+    client.set_tag(run_id, tag, digest)
+    return True
 
 
 # Tableau's ten categorical colours: the chart view draws each candidate in its own.

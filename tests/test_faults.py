@@ -63,6 +63,7 @@ STAGES = [
     "photo_set",
     "corruption_set",
     f"robustness@{ENABLED[0]}",
+    "record",
     "summarize",
     "promote",
     "package",

@@ -17,9 +17,9 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from pipeline import atomic, models, photos
+from pipeline import atomic, models, photos, tracking
 from pipeline.params import ParamsError, RobustnessParams, TrainParams, load_section
-from pipeline.stages import corruption_set, photo_set, robustness
+from pipeline.stages import corruption_set, photo_set, record, robustness
 from tests.conftest import ROOT
 
 KINDS = ["clean", "ruled", "photo"]
@@ -137,7 +137,7 @@ def trained(tmp_path_factory, mnist):
     return folder
 
 
-def test_robustness_scores_a_candidate_and_logs_into_its_run(
+def test_robustness_scores_a_candidate_and_record_adds_it_to_its_run(
     rendered, trained, mnist, tmp_path, monkeypatch
 ) -> None:
     import mlflow
@@ -151,7 +151,7 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
     client = mlflow.MlflowClient()
     before = client.get_run(run.info.run_id).info
     atomic.write_json(trained / "run.json", {"run_id": run.info.run_id, "candidate": "mlp128"})
-    out = tmp_path / "report"
+    out = tmp_path / "robustness" / trained.name  # the layout record reads
     # Two corruptions of two families, 100 digits of each split, as corruption_set writes them.
     names, families = ["brightness", "gaussian"], ["intensity", "noise"]
     spoilt = {"names": np.array(names), "families": np.array(families)}
@@ -202,6 +202,13 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
     assert rows[0] == "kind,accuracy,correct,refused,n" and len(rows) == 1 + len(KINDS)
     assert Image.open(out / "robustness.png").format == "PNG"
 
+    # The stage hands off through its files; record adds them to the run, once.
+    assert client.get_run(run.info.run_id).data.metrics == {"test_accuracy": 0.9}
+    atomic.write_json(tmp_path / "reports" / trained.name / "metrics.json", {"test_accuracy": 0.9})
+    gathered = record.gather(trained.name, trained.parent, tmp_path / "reports", out.parent)
+    assert tracking.add_to_run(
+        run.info.run_id, gathered["metrics"], gathered["folders"], "recorded", gathered["sha256"]
+    )
     after = client.get_run(run.info.run_id)
     assert after.data.metrics["robustness_photo"] == pytest.approx(accuracy["photo"])
     assert after.data.metrics["robustness_reference"] == pytest.approx(reference)
@@ -211,5 +218,9 @@ def test_robustness_scores_a_candidate_and_logs_into_its_run(
         100 * test["arrays"]["mean_error"]
     )
     assert "val_corruption_error_pct_images" in after.data.metrics
+    assert after.data.metrics["test_error_pct"] == pytest.approx(10.0)
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "robustness")}
     assert "robustness/metrics.json" in logged and "robustness/robustness.png" in logged
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "evaluate")] == [
+        "evaluate/metrics.json"
+    ]

@@ -32,23 +32,34 @@ def test_setup_tags_new_and_existing_experiments(store):
     assert tags["mlflow.note.content"] == tracking.EXPERIMENT_TAGS["mlflow.note.content"]
 
 
-def test_evaluation_logs_into_the_run_and_ends_it_after_its_own_work(store, tmp_path):
+def test_adding_to_a_run_leaves_its_end_and_adds_each_digest_once(store, tmp_path):
     import mlflow
 
     experiment_id = tracking.setup(store)
     with mlflow.start_run(experiment_id=experiment_id) as run:
         mlflow.log_metric("train_seconds", 1.0)
     client = mlflow.MlflowClient()
-    ended = client.get_run(run.info.run_id).info.end_time
+    before = client.get_run(run.info.run_id).info
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "metrics.json").write_text("{}")
-    record = {"run_id": run.info.run_id, "ended_ms": ended}
-    tracking.log_evaluation(record, {"test_accuracy": 0.9}, tmp_path / "out", stage_seconds=2.5)
+    folders = {"evaluate": tmp_path / "out"}
+
+    def add(value: float, digest: str) -> bool:
+        return tracking.add_to_run(
+            run.info.run_id, {"test_accuracy": value}, folders, "recorded_sha256", digest
+        )
+
+    assert add(0.9, "a")
     after = client.get_run(run.info.run_id)
-    assert after.info.end_time == ended + 2500 and after.info.status == "FINISHED"
+    assert (after.info.status, after.info.end_time) == (before.status, before.end_time)
     assert after.data.metrics["test_accuracy"] == 0.9
+    assert after.data.tags["recorded_sha256"] == "a"
     listed = [a.path for a in client.list_artifacts(run.info.run_id, "evaluate")]
     assert listed == ["evaluate/metrics.json"]
+    assert not add(0.5, "a")  # the same files: nothing logged twice
+    assert len(client.get_metric_history(run.info.run_id, "test_accuracy")) == 1
+    assert add(0.8, "b")  # new files for the same run: added
+    assert client.get_run(run.info.run_id).data.metrics["test_accuracy"] == 0.8
 
 
 def test_a_stage_knows_whether_it_runs_in_the_workspace(tmp_path, monkeypatch):

@@ -1,13 +1,12 @@
 """evaluate: the one and only reading of the test split, for one candidate.
 
-In: ``--candidate NAME``; its ``weights.safetensors``, ``iterations.csv``, ``history.csv``
-and ``run.json`` from train; ``test.npz`` from split (raw uint8 pixels, fed through the
+In: ``--candidate NAME``; its ``weights.safetensors``, ``iterations.csv`` and
+``history.csv`` from train; ``test.npz`` from split (raw uint8 pixels, fed through the
 same ``Predictor`` the service uses); ``stats.json``. Out, in ``--out``: ``metrics.json``
 (accuracy, loss, per-class precision/recall/F1), ``confusion.csv`` (one row per test
 digit, for ``dvc plots``' confusion template), ``classes.csv``, ``predictions.npz``
-(labels and probabilities, the reference for serving) and PNGs. All are also logged to
-the candidate's MLflow run, whose end time then covers its training and this evaluation
-(see tracking.log_evaluation).
+(labels and probabilities, the reference for serving) and PNGs. The record stage adds
+them to the candidate's MLflow run.
 """
 
 from __future__ import annotations
@@ -20,8 +19,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import atomic, cli, distributed, inference, models, plots, runtime, tracking
-from pipeline.params import EvaluateParams, MlflowParams, TrainParams, load_section
+from pipeline import atomic, cli, distributed, inference, models, plots, runtime
+from pipeline.params import EvaluateParams, TrainParams, load_section
 
 
 def confusion(labels: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -133,16 +132,13 @@ def write_pictures(
 
 
 def main(args) -> None:
-    stage_started = time.perf_counter()
     train_params = load_section(args.params, "train", TrainParams)
     params = load_section(args.params, "evaluate", EvaluateParams)
-    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     candidate = train_params.candidate(args.candidate)
     runtime.set_threads(train_params.threads, candidate)
     device = distributed.resolve_device(train_params.device)  # the train stage's rule
     distributed.exact_float32(device)
     stats = atomic.read_json(args.stats)
-    run = atomic.read_json(args.model / "run.json")
     predictor = inference.load_predictor(
         candidate, args.model / "weights.safetensors", stats, channels_last=True
     )
@@ -186,15 +182,6 @@ def main(args) -> None:
         train_params.seed,
     )
 
-    tracking.setup(mlflow_params)
-    scalars = {k: v for k, v in metrics.items() if not isinstance(v, dict)}
-    tracking.log_evaluation(
-        run,
-        scalars
-        | {"test_error_pct": tracking.error_pct(metrics["test_accuracy"]), "eval_seconds": seconds},
-        out,
-        stage_seconds=time.perf_counter() - stage_started,
-    )
     print(
         f"evaluate: {args.candidate}: test accuracy {metrics['test_accuracy']:.4f}, "
         f"loss {metrics['test_loss']:.4f} ({len(labels)} images in {seconds:.2f} s)"

@@ -5,18 +5,15 @@ In: ``--candidate NAME``; its ``weights.safetensors`` and ``run.json`` from trai
 rendered in each kind of corruption and put through the service's preprocessing). Out,
 in ``--out``: ``metrics.json`` (accuracy per kind, on the same digits as plain arrays,
 the mean over kinds, and the run id of the weights scored), ``robustness.csv`` (a row per
-kind) and ``robustness.png``. The accuracies also go into the candidate's MLflow run as
-``robustness_<kind>``, ``robustness_reference`` and ``robustness_mean``, leaving the
-run's status and end time as they are. An image the preprocessing refused counts as
-wrong, as the service would answer it with a 400.
+kind) and ``robustness.png``; the record stage adds them to the candidate's MLflow run.
+An image the preprocessing refused counts as wrong, as the service would answer it with a
+400.
 
 From ``--corruptions`` (digits.npz from corruption_set): the error on the validation
 and test digits spoilt in the common ways, per corruption, per family and their mean,
 sent as arrays (``/predict``) and as PNG files (``/predict_image``), in
 ``corruptions.json`` (validation for promotion's floor, test for the report) and
-``corruptions.csv`` (test, a row per corruption); in MLflow as
-``corruption_error_pct_<path>``, ``val_corruption_error_pct_<path>`` and
-``corruption_<family>_error_pct_<path>``.
+``corruptions.csv`` (test, a row per corruption).
 """
 
 from __future__ import annotations
@@ -31,8 +28,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from pipeline import atomic, cli, inference, runtime, tracking
-from pipeline.params import MlflowParams, TrainParams, load_section
+from pipeline import atomic, cli, inference, runtime
+from pipeline.params import TrainParams, load_section
 
 BATCH = 512  # digits per forward pass
 
@@ -79,18 +76,6 @@ def corruption_report(predictor: inference.Predictor, corrupted: dict) -> dict:
     return report
 
 
-def corruption_metrics(report: dict) -> dict[str, float]:
-    """The corruption report as MLflow metrics, in percent error: the mean over families
-    per path (test; ``val_`` for validation) and each family's on test."""
-    metrics = {}
-    for path in report["test"]:
-        metrics[f"corruption_error_pct_{path}"] = 100 * report["test"][path]["mean_error"]
-        metrics[f"val_corruption_error_pct_{path}"] = 100 * report["val"][path]["mean_error"]
-        for family, error in report["test"][path]["families"].items():
-            metrics[f"corruption_{family}_error_pct_{path}"] = 100 * error
-    return metrics
-
-
 def save_plot(accuracy: dict[str, float], reference: float, path: Path, title: str) -> None:
     """Horizontal bars: accuracy per kind, the plain-array accuracy as a dashed line."""
     kinds = list(accuracy)[::-1]  # the first kind on top
@@ -109,7 +94,6 @@ def save_plot(accuracy: dict[str, float], reference: float, path: Path, title: s
 def main(args) -> None:
     started = time.perf_counter()
     train_params = load_section(args.params, "train", TrainParams)
-    mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     candidate = train_params.candidate(args.candidate)
     runtime.set_threads(train_params.threads, candidate)
     run = atomic.read_json(args.model / "run.json")
@@ -163,18 +147,6 @@ def main(args) -> None:
         ],
     )
 
-    tracking.setup(mlflow_params)
-    tracking.log_robustness(
-        run,
-        {f"robustness_{kind}": value for kind, value in accuracy.items()}
-        | {
-            "robustness_reference": metrics["reference_accuracy"],
-            "robustness_mean": metrics["mean_accuracy"],
-            "robustness_error_pct": tracking.error_pct(metrics["mean_accuracy"]),
-        }
-        | corruption_metrics(corrupted),
-        out,
-    )
     worst = min(accuracy, key=accuracy.__getitem__)
     print(
         f"robustness: {args.candidate}: mean accuracy {metrics['mean_accuracy']:.4f} over "
