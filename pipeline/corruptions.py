@@ -41,6 +41,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import atomic
+from pipeline.dataset import LEVELS, grey_levels, unit_pixels
 from pipeline.errors import StageError
 from pipeline.idx import IMAGES_MAGIC, parse_idx
 from serving import preprocess
@@ -54,14 +55,6 @@ INK = 0.1  # a pixel brighter than this fraction of full scale is ink (bounding 
 cv2.setNumThreads(1)  # small images: threads cost more than they save
 
 # ----- float images: (N, 28, 28) float32, 0 black, 1 full ink -------------------------------
-
-
-def _floats(digits: np.ndarray) -> np.ndarray:
-    return digits.astype(np.float32) / np.float32(255)
-
-
-def _uint8(pixels: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(pixels, 0, 1) * 255).astype(np.uint8)
 
 
 def _filtered(pixels: np.ndarray, kernels: list[np.ndarray]) -> np.ndarray:
@@ -132,7 +125,7 @@ def _signs(rng: np.random.Generator, count: int) -> np.ndarray:
 def gaussian(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
     """Sensor noise: every pixel plus Gaussian noise of 0.4 x severity of full scale."""
     noise = rng.standard_normal(digits.shape, dtype=np.float32)
-    return _uint8(_floats(digits) + np.float32(0.4 * severity) * noise)
+    return grey_levels(unit_pixels(digits) + np.float32(0.4 * severity) * noise)
 
 
 def shot(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -140,9 +133,9 @@ def shot(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.nd
     paper. Paper is bright and ink dark in the photo, so the noise is strongest on the
     background here (black = paper) and weakest on the ink."""
     photons = 8.0 / severity**2
-    page = 1 - _floats(digits)  # the page as photographed: dark ink on light paper
+    page = 1 - unit_pixels(digits)  # the page as photographed: dark ink on light paper
     counted = rng.poisson(page * photons).astype(np.float32) / np.float32(photons)
-    return _uint8(1 - counted)
+    return grey_levels(1 - counted)
 
 
 def impulse(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -173,7 +166,7 @@ def motion(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.
     random angle."""
     angles = rng.uniform(0, math.pi, size=len(digits))
     kernels = [_segment_kernel(8 * severity, float(angle)) for angle in angles]
-    return _uint8(_filtered(_floats(digits), kernels))
+    return grey_levels(_filtered(unit_pixels(digits), kernels))
 
 
 def defocus(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -182,7 +175,7 @@ def defocus(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np
     reach = math.ceil(radius)
     y, x = np.mgrid[-reach : reach + 1, -reach : reach + 1].astype(np.float32)
     disc = np.clip(radius + 0.5 - np.hypot(x, y), 0, 1)  # anti-aliased rim
-    return _uint8(_filtered(_floats(digits), [disc / disc.sum()]))
+    return grey_levels(_filtered(unit_pixels(digits), [disc / disc.sum()]))
 
 
 GLASS_ROUNDS = 2  # rounds of local shuffling before the blur
@@ -192,7 +185,7 @@ def glass(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.n
     """Seen through frosted glass: GLASS_ROUNDS rounds in which every pixel takes the value
     of a neighbour at a random offset (normal, 1.2 x severity pixels along each axis,
     rounded, at most 2), then a Gaussian blur of 0.3 + 0.5 x severity pixels."""
-    pixels = _floats(digits)
+    pixels = unit_pixels(digits)
     count = len(pixels)
     rows, cols = np.indices((SIDE, SIDE))
     which = np.arange(count)[:, None, None]
@@ -202,7 +195,7 @@ def glass(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.n
         pixels = pixels[
             which, np.clip(rows + step[0], 0, SIDE - 1), np.clip(cols + step[1], 0, SIDE - 1)
         ]
-    return _uint8(_gaussian(pixels, 0.3 + 0.5 * severity))
+    return grey_levels(_gaussian(pixels, 0.3 + 0.5 * severity))
 
 
 # ----- geometry (each digit turned about its centre of mass, so it stays in frame) ----------
@@ -217,7 +210,7 @@ def shear(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.n
     linear = np.tile(np.eye(2, dtype=np.float32), (count, 1, 1))
     linear[sideways, 0, 1] = amount[sideways]  # x' = x + k y
     linear[~sideways, 1, 0] = amount[~sideways]  # y' = y + k x
-    return _uint8(_warped(_floats(digits), linear))
+    return grey_levels(_warped(unit_pixels(digits), linear))
 
 
 def scale(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -225,7 +218,7 @@ def scale(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.n
     at random (a full-size MNIST digit, 20 pixels, grows to fill the frame at 0.8)."""
     factors = 1 + np.float32(0.5 * severity) * _signs(rng, len(digits))
     linear = factors[:, None, None] * np.eye(2, dtype=np.float32)
-    return _uint8(_warped(_floats(digits), linear))
+    return grey_levels(_warped(unit_pixels(digits), linear))
 
 
 def rotation(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -233,7 +226,7 @@ def rotation(digits: np.ndarray, rng: np.random.Generator, severity: float) -> n
     radians = np.radians(50 * severity) * _signs(rng, len(digits))
     cos, sin = np.cos(radians), np.sin(radians)
     linear = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], 1)  # (N, 2, 2)
-    return _uint8(_warped(_floats(digits), linear))
+    return grey_levels(_warped(unit_pixels(digits), linear))
 
 
 OVERHANG = 2  # pixels of a translated digit's ink that may leave the frame
@@ -242,7 +235,7 @@ OVERHANG = 2  # pixels of a translated digit's ink that may leave the frame
 def translation(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
     """Off centre: moved 8 x severity pixels in a random direction, in whole pixels, then
     pulled back along each axis so that at most OVERHANG pixels of ink leave the frame."""
-    ink = digits > INK * 255
+    ink = digits > INK * LEVELS
     in_cols, in_rows = ink.any(axis=1), ink.any(axis=2)  # (N, 28) each
     angles = rng.uniform(0, 2 * math.pi, size=len(digits))
     moves = []
@@ -262,13 +255,13 @@ def translation(digits: np.ndarray, rng: np.random.Generator, severity: float) -
 def brightness(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
     """A grey background: severity / 3 of full scale (0.2 at the report's severity) added
     to every pixel; full ink stays full."""
-    return _uint8(_floats(digits) + np.float32(severity / 3))
+    return grey_levels(unit_pixels(digits) + np.float32(severity / 3))
 
 
 def contrast(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
     """Washed out: every pixel pulled toward mid grey, its distance from it kept at
     1 - 0.8 x severity."""
-    return _uint8(0.5 + (_floats(digits) - 0.5) * np.float32(1 - 0.8 * severity))
+    return grey_levels(0.5 + (unit_pixels(digits) - 0.5) * np.float32(1 - 0.8 * severity))
 
 
 def fog(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.ndarray:
@@ -278,7 +271,7 @@ def fog(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np.nda
     clouds = _smooth_noise(rng, count, 4) + 0.5 * _smooth_noise(rng, count, 8)
     low = clouds.min(axis=(1, 2), keepdims=True)
     span = np.maximum(clouds.max(axis=(1, 2), keepdims=True) - low, 1e-6)
-    return _uint8(_floats(digits) + np.float32(0.7 * severity) * (clouds - low) / span)
+    return grey_levels(unit_pixels(digits) + np.float32(0.7 * severity) * (clouds - low) / span)
 
 
 # ----- occlusion (marks as bright as ink: what a pen, a ruled line or a blot leaves) --------
@@ -355,7 +348,7 @@ def spatter(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np
     field = _smooth_noise(rng, len(digits), 10)
     level = np.quantile(field, 1 - 0.1 * severity, axis=(1, 2), keepdims=True)
     blots = np.clip((field - level) / np.float32(0.05), 0, 1)  # soft over ~0.05 of the field
-    return np.maximum(digits, _uint8(blots))
+    return np.maximum(digits, grey_levels(blots))
 
 
 # ----- edges --------------------------------------------------------------------------------
@@ -376,7 +369,7 @@ def outline(digits: np.ndarray, rng: np.random.Generator, severity: float) -> np
         ink = (cv2.resize(digit, (big, big), interpolation=cv2.INTER_CUBIC) > 127).astype(np.uint8)
         rims[i] = ink - cv2.erode(ink, cross)  # (84, 84) 0/1, one pixel wide at 3x
     traced = rims.reshape(-1, SIDE, zoom, SIDE, zoom).sum(axis=(2, 4)) / zoom  # 3x3 blocks
-    return _uint8(np.maximum(traced, (1 - severity) * _floats(digits)))
+    return grey_levels(np.maximum(traced, (1 - severity) * unit_pixels(digits)))
 
 
 FAMILIES: dict[str, tuple[str, ...]] = {

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pipeline import models
+from pipeline import dataset, models
 from pipeline.params import Candidate
 
 
@@ -86,4 +86,4 @@ def load_predictor(
 
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1]: what the service feeds."""
-    return torch.from_numpy(images).float().unsqueeze(1) / 255.0
+    return torch.from_numpy(dataset.unit_pixels(images)).unsqueeze(1)

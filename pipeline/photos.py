@@ -22,6 +22,8 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from pipeline.dataset import grey_levels, unit_pixels
+
 Recipe = Callable[[np.ndarray, np.random.Generator], bytes]
 
 MNIST_SIDE = 28
@@ -64,9 +66,9 @@ def write(
 ) -> None:
     """Write the digit in place: its 28x28 frame scaled to ``frame`` pixels square and
     centred at ``centre`` (row, column), ink of ``darkness`` (1 = black) and ``colour``."""
-    alpha = np.asarray(
-        Image.fromarray(digit).resize((frame, frame), Image.Resampling.BICUBIC), np.float32
-    ) / np.float32(255)
+    alpha = unit_pixels(
+        np.asarray(Image.fromarray(digit).resize((frame, frame), Image.Resampling.BICUBIC))
+    )
     top, left = round(centre[0] - frame / 2), round(centre[1] - frame / 2)
     rows = slice(max(top, 0), min(top + frame, page.shape[0]))
     cols = slice(max(left, 0), min(left + frame, page.shape[1]))
@@ -133,7 +135,7 @@ def lighting(page: np.ndarray, rng: np.random.Generator, *, strength: float) -> 
 
 def to_image(page: np.ndarray) -> Image.Image:
     """Floats 0-1 -> an 8-bit Pillow image, L or RGB."""
-    return Image.fromarray(np.round(np.clip(page, 0, 1) * 255).astype(np.uint8))
+    return Image.fromarray(grey_levels(page))
 
 
 def rotate(image: Image.Image, degrees: float, size: tuple[int, int]) -> Image.Image:

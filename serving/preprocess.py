@@ -27,7 +27,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
-from serving.contract import IMAGE_SIDE
+from serving.contract import IMAGE_SIDE, PIXEL_LEVELS
 
 PixelDtype = Literal["uint8", "float32"]
 
@@ -126,7 +126,7 @@ def _to_model_input(array: np.ndarray, dtype: PixelDtype, field: str) -> np.ndar
         raise BadInput(f"{field} contains NaN or infinity", field=field)
     low, high = array.min(), array.max()
     if dtype == "uint8":
-        if low < 0 or high > 255:
+        if low < 0 or high > PIXEL_LEVELS:
             raise BadInput(
                 f"{field} values must lie in 0..255 for dtype uint8; found {low}..{high}",
                 field=field,
@@ -137,7 +137,7 @@ def _to_model_input(array: np.ndarray, dtype: PixelDtype, field: str) -> np.ndar
                 "send dtype float32 for values in 0..1",
                 field=field,
             )
-        pixels = array.astype(np.float32) / np.float32(255)
+        pixels = array.astype(np.float32) / np.float32(PIXEL_LEVELS)
     else:
         if low < 0 or high > 1:
             raise BadInput(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import atomic, cli
+from pipeline import atomic, cli, dataset
 from pipeline.params import NormaliseParams, load_section
 
 PARTS = ("train", "val")  # evaluate reads raw test pixels, as the service does
@@ -22,13 +22,13 @@ def statistics(train_images: np.ndarray, standardise: bool) -> dict:
     """Mean and std of the training pixels after /255 (identity stats when off)."""
     if not standardise:
         return {"mean": 0.0, "std": 1.0, "standardise": False}
-    scaled = train_images.astype(np.float64) / 255.0
+    scaled = dataset.unit_pixels(train_images, np.float64)
     return {"mean": float(scaled.mean()), "std": float(scaled.std()), "standardise": True}
 
 
 def apply(images: np.ndarray, stats: dict) -> np.ndarray:
     """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in the model's input space."""
-    x = images.astype(np.float32)[:, None] / np.float32(255.0)
+    x = dataset.unit_pixels(images)[:, None]
     if stats["standardise"]:
         x = (x - np.float32(stats["mean"])) / np.float32(stats["std"])
     return x
