@@ -144,21 +144,14 @@ def train_torch(
 ) -> History:
     """Mini-batch training on ``context``'s device (the CPU by default), data-parallel
     over its ranks when there are several; ``on_epoch(row)`` is called on rank 0 after
-    each epoch's validation. The shuffling and augmentation are drawn on the CPU from one
-    seeded generator, the same on every device and every rank."""
+    each epoch's validation. The shuffling and augmentation are drawn on the CPU from
+    seeded generators, the same on every device and every rank."""
     context = context or distributed.Context(torch.device("cpu"))
     device = context.device
     # Subnormal floats take the CPU's slow path; R3's hidden softmax over 784 units makes
     # many of them. Flushing them to zero changes nothing a float32 model can tell.
     torch.set_flush_denormal(True)
-    # One seeded generator draws the order and the jitter; with member_data "own" each
-    # member k of an ensemble has its own, seeded seed + k * MEMBER_SEED_STRIDE, as if it
-    # were trained alone (the stride keeps the members of different seeds apart).
-    own = c.members > 1 and c.member_data == "own"
-    generators = [
-        torch.Generator().manual_seed(seed + k * MEMBER_SEED_STRIDE)
-        for k in range(c.members if own else 1)
-    ]
+    members = Members.seeded(c, seed)
     fmt = torch.channels_last if c.is_cnn else torch.contiguous_format
     net = net.to(device=device, memory_format=fmt)
     # The whole training set moves to the device once, not a batch at a time.
@@ -166,101 +159,220 @@ def train_torch(
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     scale = (data.mean, data.std)
     n = len(y_train)
+    check_last_batch(n, c.batch_size, context)
     steps_per_epoch = math.ceil(n / c.batch_size)
-    if 0 < n % c.batch_size < context.world_size:
-        raise StageError(
-            f"train.processes: {context.world_size} ranks cannot share the last "
-            f"batch of {n % c.batch_size} of {n} images; change batch_size"
-        )
-    scaler = torch.amp.GradScaler("cuda") if context.dtype == torch.float16 else None
-    opt, sched = make_optimizer(net, c, c.epochs * steps_per_epoch, scaled=scaler is not None)
+    updater = Updater.make(net, c, c.epochs * steps_per_epoch, context)
     loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
     # Only the architectures without batch norm have micro_batch.
     chunk = getattr(c, "micro_batch", None) or c.batch_size
     # An ensemble's members each learn from their own loss, as if trained alone.
     trainer = context.wrap(models.MemberLogits(net))
     history = History()
-    bar = tqdm(
-        total=c.epochs * steps_per_epoch,
-        desc="train",
-        unit="step",
-        mininterval=0.5,
-        disable=not context.is_main,
-    )
+    bar = progress_bar(c.epochs * steps_per_epoch, context)
     for epoch in range(1, c.epochs + 1):
         trainer.train()
-        orders = [torch.randperm(n, generator=g) for g in generators]
+        orders = members.orders(n)  # (n,) each: the epoch's order of the images
         losses: list[list[torch.Tensor]] = []  # each step's parts' losses, read once an epoch
         correct = torch.zeros((), dtype=torch.float64, device=device)
         for start in range(0, n, c.batch_size):
-            size = len(orders[0][start : start + c.batch_size])  # the global batch
-            drawn = [
-                draw(x_train, y_train, order[start : start + c.batch_size], c, g, context, scale)
-                for order, g in zip(orders, generators, strict=True)
-            ]
-            opt.zero_grad(set_to_none=True)
+            idx = [order[start : start + c.batch_size] for order in orders]  # (B,) each
+            drawn = members.draw(x_train, y_train, idx, c, context, scale)
+            updater.zero_grad()
             parts = []
-            for part in range(0, len(drawn[0][1]), chunk):  # one part unless micro_batch
-                xs = [xb[part : part + chunk].contiguous(memory_format=fmt) for xb, _ in drawn]
-                ys = [yb[part : part + chunk] for _, yb in drawn]
+            for xs, ys, share in micro_batches(drawn, len(idx[0]), chunk, fmt):
                 with context.autocast():
-                    if own:  # each member its own images
-                        outputs = trainer(tuple(xs))
-                        pairs = list(zip(outputs, ys, strict=True))
-                    else:  # every member the same images
-                        outputs = trainer(xs[0])
-                        pairs = [(z, ys[0]) for z in outputs]
-                    # Weighted by the part's share of the global batch, the parts' (and
-                    # the ranks') gradients add up to the whole batch's: the weight is
-                    # exactly 1.0 for one part in one process.
-                    loss = sum(loss_fn(z, y) for z, y in pairs) / len(outputs) * (len(ys[0]) / size)
-                # DistributedDataParallel averages the ranks' gradients; they must add.
-                scaled = loss * context.world_size if context.distributed else loss
-                (scaler.scale(scaled) if scaler else scaled).backward()
+                    pairs = members.forward(trainer, xs, ys)  # (logits (b, 10), labels (b,))
+                    loss = members.loss(loss_fn, pairs) * share  # see micro_batches
+                updater.backward(loss)
                 parts.append(loss.detach())
-                if own:  # the members' mean accuracy on their own images
-                    correct += sum((z.argmax(1) == y).sum() for z, y in pairs) / len(pairs)
-                else:  # the ensemble's accuracy on the shared images
-                    correct += (sum(outputs).argmax(1) == ys[0]).sum()
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            if sched is not None:
-                sched.step()
+                correct += members.correct(pairs)
+            updater.step()
             losses.append(parts)
             bar.update()
             if len(losses) % 64 == 0:  # reading a loss waits for the device: rarely
                 bar.set_postfix(epoch=epoch, loss=f"{float(sum(parts)):.4f}", refresh=False)
-        step_losses = epoch_step_losses(losses, context)
+        step_losses, train_loss, train_accuracy = epoch_summary(losses, correct, n, c, context)
         history.steps += step_losses
-        loss_sum = sum(
-            loss * len(part)
-            for loss, part in zip(step_losses, batches(n, c.batch_size), strict=True)
-        )
-        correct_total = float(context.sum(correct.cpu().reshape(1))[0])
         if not context.is_main:
             continue
-        val_loss, val_correct = evaluate_logits(net, x_val, y_val)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum / n,
-            "train_accuracy": correct_total / n,
-            "val_loss": val_loss,
-            "val_accuracy": val_correct / len(y_val),
-            "val_correct": val_correct,
-        }
+        row = epoch_row(epoch, train_loss, train_accuracy, net, x_val, y_val)
         history.epochs.append(row)
         bar.write(
-            f"epoch {epoch}: train loss {row['train_loss']:.4f} acc "
-            f"{row['train_accuracy']:.4f} | val loss {val_loss:.4f} acc "
-            f"{row['val_accuracy']:.4f}"
+            f"epoch {epoch}: train loss {train_loss:.4f} acc {train_accuracy:.4f} | "
+            f"val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
         )
         if on_epoch:
             on_epoch(row)
     bar.close()
     return history
+
+
+@dataclass
+class Members:
+    """Which images each member of an ensemble sees, how the members' losses combine and
+    how their accuracy counts (a single network is an ensemble of one).
+
+    One seeded generator draws the order and the jitter; with member_data "own" each
+    member k of an ensemble has its own, seeded seed + k * MEMBER_SEED_STRIDE, as if it
+    were trained alone (the stride keeps the members of different seeds apart)."""
+
+    own: bool  # each member its own images; else every member the same ones
+    generators: list[torch.Generator]  # one per member when own, else one
+
+    @classmethod
+    def seeded(cls, c: TorchCandidate, seed: int) -> Members:
+        own = c.members > 1 and c.member_data == "own"
+        generators = [
+            torch.Generator().manual_seed(seed + k * MEMBER_SEED_STRIDE)
+            for k in range(c.members if own else 1)
+        ]
+        return cls(own, generators)
+
+    def orders(self, n: int) -> list[torch.Tensor]:
+        """An epoch's order of the ``n`` images, (n,), from each generator in turn."""
+        return [torch.randperm(n, generator=g) for g in self.generators]
+
+    def draw(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        idx: list[torch.Tensor],
+        c: TorchCandidate,
+        context: distributed.Context,
+        scale: tuple[float, float],
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(images (b, 1, 28, 28), labels (b,)) of this rank's part of the batch, one pair
+        per generator: the rows ``idx[k]``, jittered by generator k (in turn)."""
+        return [
+            draw(x, y, rows, c, g, context, scale)
+            for rows, g in zip(idx, self.generators, strict=True)
+        ]
+
+    def forward(
+        self, trainer: nn.Module, xs: list[torch.Tensor], ys: list[torch.Tensor]
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(logits (b, 10), labels (b,)) of each member, from ``trainer`` (MemberLogits)."""
+        if self.own:  # each member its own images
+            return list(zip(trainer(tuple(xs)), ys, strict=True))
+        return [(z, ys[0]) for z in trainer(xs[0])]  # every member the same images
+
+    @staticmethod
+    def loss(loss_fn: nn.Module, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The members' mean loss: each member's gradient is its own loss's, / members."""
+        return sum(loss_fn(z, y) for z, y in pairs) / len(pairs)
+
+    def correct(self, pairs: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """The images read right: the members' mean count on their own images; for shared
+        images, the ensemble's (the argmax of the members' summed logits)."""
+        if self.own:
+            return sum((z.argmax(1) == y).sum() for z, y in pairs) / len(pairs)
+        return (sum(z for z, _ in pairs).argmax(1) == pairs[0][1]).sum()
+
+
+def micro_batches(
+    drawn: list[tuple[torch.Tensor, torch.Tensor]],
+    size: int,
+    chunk: int,
+    fmt: torch.memory_format,
+):
+    """This rank's part of a global batch of ``size`` images in parts of at most ``chunk``
+    (one part without micro_batch): (images, labels, share) per part, a list of one
+    (b, 1, 28, 28) and one (b,) per generator. Each part's loss is weighted by its share
+    of the global batch, so the parts' (and the ranks') gradients add up to the whole
+    batch's: the weight is exactly 1.0 for one part in one process."""
+    for part in range(0, len(drawn[0][1]), chunk):
+        xs = [xb[part : part + chunk].contiguous(memory_format=fmt) for xb, _ in drawn]
+        ys = [yb[part : part + chunk] for _, yb in drawn]
+        yield xs, ys, len(ys[0]) / size
+
+
+@dataclass
+class Updater:
+    """The optimiser step: the backward pass (the ranks' gradients added; fp16's scaled by
+    its GradScaler so that small ones do not underflow), then the optimiser's and the
+    schedule's step."""
+
+    opt: torch.optim.Optimizer | optim.SGD | optim.Adam
+    sched: torch.optim.lr_scheduler.LRScheduler | None
+    scaler: torch.amp.GradScaler | None  # fp16 only
+    context: distributed.Context
+
+    @classmethod
+    def make(
+        cls, net: nn.Module, c: TorchCandidate, total_steps: int, context: distributed.Context
+    ) -> Updater:
+        scaler = torch.amp.GradScaler("cuda") if context.dtype == torch.float16 else None
+        opt, sched = make_optimizer(net, c, total_steps, scaled=scaler is not None)
+        return cls(opt, sched, scaler, context)
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        # DistributedDataParallel averages the ranks' gradients; they must add.
+        scaled = loss * self.context.world_size if self.context.distributed else loss
+        (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+
+    def step(self) -> None:
+        if self.scaler:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        if self.sched is not None:
+            self.sched.step()
+
+
+def check_last_batch(n: int, batch_size: int, context: distributed.Context) -> None:
+    """Every rank needs at least one image of the epoch's last batch."""
+    if 0 < n % batch_size < context.world_size:
+        raise StageError(
+            f"train.processes: {context.world_size} ranks cannot share the last "
+            f"batch of {n % batch_size} of {n} images; change batch_size"
+        )
+
+
+def progress_bar(steps: int, context: distributed.Context) -> tqdm:
+    return tqdm(
+        total=steps, desc="train", unit="step", mininterval=0.5, disable=not context.is_main
+    )
+
+
+def epoch_summary(
+    losses: list[list[torch.Tensor]],
+    correct: torch.Tensor,
+    n: int,
+    c: TorchCandidate,
+    context: distributed.Context,
+) -> tuple[list[float], float, float]:
+    """(each step's loss, the mean training loss, the training accuracy) of an epoch of
+    ``n`` images, summed over the ranks: every rank calls it."""
+    step_losses = epoch_step_losses(losses, context)
+    loss_sum = sum(
+        loss * len(part) for loss, part in zip(step_losses, batches(n, c.batch_size), strict=True)
+    )
+    correct_total = float(context.sum(correct.cpu().reshape(1))[0])
+    return step_losses, loss_sum / n, correct_total / n
+
+
+def epoch_row(
+    epoch: int,
+    train_loss: float,
+    train_accuracy: float,
+    net: nn.Module,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+) -> dict:
+    """The epoch's History row, with the validation of ``net`` as it stands."""
+    val_loss, val_correct = evaluate_logits(net, x_val, y_val)
+    return {
+        "epoch": epoch,
+        "train_loss": train_loss,
+        "train_accuracy": train_accuracy,
+        "val_loss": val_loss,
+        "val_accuracy": val_correct / len(y_val),
+        "val_correct": val_correct,
+    }
 
 
 def draw(
