@@ -1,9 +1,11 @@
-"""The model zoo: every network is built here from its candidate's params.
+"""Every network is built here from its candidate's params, whatever its architecture.
 
-In: a candidate (pipeline.params: ``Mlp``, ``Conv1Dense``, ``Conv3Linear``,
-``Conv3Dense`` or ``LogReg``). Out: an ``nn.Module`` mapping standardised images
-(B, 1, 28, 28) to logits (B, 10); an ``Ensemble`` of several when ``members`` > 1.
-A ``LogReg`` candidate gets the linear layer that scikit-learn's fitted model becomes.
+In: a candidate (its architecture's params, pipeline/architectures/). Out: an
+``nn.Module`` mapping standardised images (B, 1, 28, 28) to logits (B, 10): the
+architecture's network, behind the per-image stretch if ``input_norm`` says so, an
+``Ensemble`` of several when ``members`` > 1, initialised as ``init`` says. A ``LogReg``
+candidate gets the linear layer that scikit-learn's fitted model becomes. Also: the
+network's size and cost (``parameter_count``, ``multiply_adds``).
 """
 
 from __future__ import annotations
@@ -13,110 +15,8 @@ import math
 import torch
 from torch import nn
 
-from pipeline.params import Candidate, Conv1Dense, Conv3, LogReg, Mlp
-
-ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "tanh": nn.Tanh,
-    "sigmoid": nn.Sigmoid,
-    # R3 wrote "softmax" for its hidden layer; we take it literally, over the features.
-    "softmax": lambda: nn.Softmax(dim=1),
-}
-
-
-def mlp(c: Mlp) -> nn.Sequential:
-    """784 -> c.hidden... -> 10, each hidden layer followed by c.activation."""
-    layers: list[nn.Module] = [nn.Flatten()]  # (B, 784)
-    width = 28 * 28
-    for size in c.hidden:
-        layers += [nn.Linear(width, size), ACTIVATIONS[c.activation]()]
-        if c.dropout:
-            layers.append(nn.Dropout(c.dropout))
-        width = size
-    layers.append(nn.Linear(width, 10))
-    return nn.Sequential(*layers)
-
-
-def conv1_dense(c: Conv1Dense) -> nn.Sequential:
-    """R2: conv 28@3x3 valid -> ReLU -> maxpool 2 -> FC 128 -> ReLU -> FC 10.
-
-    Pooling runs before the ReLU: the same function (max and ReLU commute), with the
-    ReLU and its backward on a quarter of the pixels.
-    """
-    return nn.Sequential(
-        nn.Conv2d(1, 28, 3),  # (B, 28, 26, 26)
-        nn.MaxPool2d(2, 2),  # (B, 28, 13, 13)
-        nn.ReLU(),
-        nn.Flatten(),  # (B, 4732)
-        nn.Linear(28 * 13 * 13, 128),
-        nn.ReLU(),
-        nn.Linear(128, 10),
-    )
-
-
-def conv3_stages(c: Conv3, ceil_last: bool) -> tuple[list[nn.Module], int]:
-    """Three conv stages of widths ``c.channels`` (w1, w2, w3), each pooled before its
-    batch norm (the first, with ``c.first_layer`` "stride", strided instead), then
-    flattened: (B, 1, 28, 28) -> (B, features); returns the layers and the number of
-    features, w3 x 3 x 3 (w3 x 4 x 4 with ``ceil_last``).
-
-    Pooling straight after each convolution runs batch norm and ReLU on a quarter of the
-    pixels; on a CPU those elementwise ops cost about as much as the convolutions.
-    """
-    w1, w2, w3 = c.channels
-    side = 4 if ceil_last else 3
-    if c.first_layer == "pool":  # (B, w1, 28, 28), then pooled
-        first = [nn.Conv2d(1, w1, 5, padding=2, bias=False), nn.MaxPool2d(2)]
-    else:  # 1 input channel at 28x28 is ONNX Runtime's least efficient convolution
-        first = [nn.Conv2d(1, w1, 5, stride=2, padding=2, bias=False)]
-    layers = [
-        *first,
-        nn.BatchNorm2d(w1),
-        nn.ReLU(),  # (B, w1, 14, 14)
-        nn.Conv2d(w1, w2, 3, padding=1, bias=False),  # (B, w2, 14, 14)
-        nn.MaxPool2d(2),
-        nn.BatchNorm2d(w2),
-        nn.ReLU(),  # (B, w2, 7, 7)
-        nn.Conv2d(w2, w3, 3, padding=1, bias=False),  # (B, w3, 7, 7): receptive field 20 px
-        # (B, w3, side, side): floor drops the last row and column, ceil pools them alone
-        nn.MaxPool2d(2, ceil_mode=ceil_last),
-        nn.BatchNorm2d(w3),
-        nn.ReLU(),
-        nn.Flatten(),  # (B, w3 * side * side)
-    ]
-    return layers, w3 * side * side
-
-
-def conv3_linear(c: Conv3) -> nn.Sequential:
-    """Three pooled conv stages and a linear read-out: the cheapest to train."""
-    convs, features = conv3_stages(c, ceil_last=False)
-    return nn.Sequential(
-        *convs,
-        *([nn.Dropout(c.dropout)] if c.dropout else []),
-        nn.Linear(features, 10),
-    )
-
-
-def conv3_dense(c: Conv3) -> nn.Sequential:
-    """The same three stages (the last pooled with ceil, 4x4) and a dense head of 128.
-
-    Its accuracy comes from training (augmentation, label smoothing, a one-cycle
-    schedule); its size from inference cost, which promotion's serving budget bounds.
-    """
-    convs, features = conv3_stages(c, ceil_last=True)
-    return nn.Sequential(
-        *convs,
-        # No batch norm here: on (B, 128) it would fail on a last batch of one image.
-        nn.Linear(features, 128),
-        nn.ReLU(),  # (B, 128)
-        nn.Dropout(c.dropout),
-        nn.Linear(128, 10),
-    )
-
-
-def logreg(_c: LogReg) -> nn.Sequential:
-    """The linear layer whose softmax is scikit-learn's predict_proba: x @ coef.T + b."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))
+from pipeline import architectures
+from pipeline.params import Candidate
 
 
 class PerImageContrast(nn.Module):
@@ -171,27 +71,19 @@ class MemberLogits(nn.Module):
         return tuple(member(x) for member in members(self.net))
 
 
-BUILDERS = {
-    "mlp": mlp,
-    "conv1_dense": conv1_dense,
-    "conv3_linear": conv3_linear,
-    "conv3_dense": conv3_dense,
-    "logreg": logreg,
-}
-
-
-def build(c: Candidate) -> nn.Module:
-    """The network for candidate ``c`` (logits out; an ``Ensemble`` of ``c.members`` if
-    more than one), initialised as ``c.init`` says; the caller seeds torch's generator."""
-    if not c.is_torch:
-        return BUILDERS[c.arch](c)
-    nets = [BUILDERS[c.arch](c) for _ in range(c.members)]
-    if c.input_norm == "per_image":
+def build(candidate: Candidate) -> nn.Module:
+    """The network for ``candidate`` (logits out; an ``Ensemble`` of ``members`` if more
+    than one), initialised as ``init`` says; the caller seeds torch's generator."""
+    network = architectures.get(candidate.arch).build
+    if not candidate.is_torch:
+        return network(candidate)
+    nets = [network(candidate) for _ in range(candidate.members)]
+    if candidate.input_norm == "per_image":
         # One flat Sequential, the stretch its first layer: the layers after it (and the
         # penultimate features, net[:-1]) are where they are without it.
         nets = [nn.Sequential(PerImageContrast(), *member) for member in nets]
-    net = nets[0] if c.members == 1 else Ensemble(nets)
-    if c.init == "glorot":  # Keras's defaults for Dense and Conv2D
+    net = nets[0] if candidate.members == 1 else Ensemble(nets)
+    if candidate.init == "glorot":  # Keras's defaults for Dense and Conv2D
         for layer in net.modules():
             if isinstance(layer, (nn.Linear, nn.Conv2d)):
                 nn.init.xavier_uniform_(layer.weight)
