@@ -8,14 +8,17 @@ Every key that params.yaml carries is required here: the file is the one place v
 live, so no default in code can disagree with it. Defaults remain only for a candidate's
 optional features, and each means "off" (no momentum, no augmentation, one member).
 
-A candidate is a union discriminated by ``arch``: each architecture has exactly its own
-fields, so an MLP has no ``channels`` and a logistic regression no ``lr``.
+A candidate is a union discriminated by ``arch``: each architecture (a module in
+pipeline/architectures/) has exactly its own fields, so an MLP has no ``channels`` and a
+logistic regression no ``lr``. The union is made from that folder when ``train`` is first
+loaded, so the stages that never read it (fetch, split, ...) import no network code.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -53,7 +56,8 @@ class NormaliseParams(Section):
     standardise: bool
 
 
-# ---- candidates: one model per architecture --------------------------------------------
+# ---- candidates: what every one has; each architecture's own fields are in its module
+# ---- in pipeline/architectures/ ------------------------------------------------------
 
 
 class Augment(Section):
@@ -79,6 +83,9 @@ class Candidate(Section):
     """What every candidate has."""
 
     description: str
+    # The published reference system this candidate reproduces (R1-R5 of
+    # ../shared/reference-systems.md; `make reproduce` compares them), or null: our own.
+    reference: Literal["R1", "R2", "R3", "R4", "R5"] | None = None
     # Use only the first N (stratified, seeded) images of the train split; null = all.
     train_size: PosInt | None = None
 
@@ -88,7 +95,7 @@ class Candidate(Section):
 
     @property
     def is_cnn(self) -> bool:
-        return isinstance(self, (Conv1Dense, Conv3Linear, Conv3Dense))
+        return registry()[self.arch].cnn
 
 
 class TorchCandidate(Candidate):
@@ -118,48 +125,6 @@ class TorchCandidate(Candidate):
     input_norm: Literal["none", "per_image"] = "none"
 
 
-class Mlp(TorchCandidate):
-    """Fully connected layers: 784 -> hidden... -> 10."""
-
-    arch: Literal["mlp"]
-    hidden: list[PosInt] = Field(min_length=1)
-    activation: Literal["relu", "tanh", "sigmoid", "softmax"]
-    dropout: Fraction = 0.0
-    # Forward and backward each batch in parts of at most this many images: the same
-    # update, with each part's activations in cache. null = the whole batch at once.
-    micro_batch: PosInt | None = None
-
-
-class Conv1Dense(TorchCandidate):
-    """R2's network: one 3x3 convolution of 28 maps, max-pool, a dense layer of 128."""
-
-    arch: Literal["conv1_dense"]
-    micro_batch: PosInt | None = None  # as for Mlp; there is no batch norm to disturb
-
-
-class Conv3(TorchCandidate):
-    """Three convolution stages with batch norm (no micro_batch: batch norm's statistics
-    must come from the whole batch)."""
-
-    channels: Annotated[list[PosInt], Field(min_length=3, max_length=3)]  # widths w1-w2-w3
-    # "pool": the first 5x5 convolution runs at 28x28 and is max-pooled to 14x14;
-    # "stride": it runs at stride 2 straight to 14x14, a quarter of the work.
-    first_layer: Literal["pool", "stride"]
-    dropout: Fraction = 0.0
-
-
-class Conv3Linear(Conv3):
-    """The three stages, then one linear layer to the 10 classes."""
-
-    arch: Literal["conv3_linear"]
-
-
-class Conv3Dense(Conv3):
-    """The three stages, then a dense layer of 128 and the linear layer."""
-
-    arch: Literal["conv3_dense"]
-
-
 class LogReg(Candidate):
     """scikit-learn's multinomial logistic regression."""
 
@@ -168,16 +133,22 @@ class LogReg(Candidate):
     max_iter: PosInt
 
 
-AnyCandidate = Annotated[
-    Mlp | Conv1Dense | Conv3Linear | Conv3Dense | LogReg, Field(discriminator="arch")
-]
-BY_ARCH: dict[str, type[Candidate]] = {
-    "mlp": Mlp,
-    "conv1_dense": Conv1Dense,
-    "conv3_linear": Conv3Linear,
-    "conv3_dense": Conv3Dense,
-    "logreg": LogReg,
-}
+def registry() -> dict[str, Any]:
+    """pipeline.architectures.REGISTRY: name -> Architecture. Imported here only when a
+    stage reads ``train`` (a stage that does lists pipeline/architectures in its DVC
+    deps; tests/test_dvc_deps.py checks it)."""
+    return importlib.import_module("pipeline.architectures").REGISTRY
+
+
+def candidate_union() -> Any:
+    """Every registered architecture's params, discriminated by ``arch``."""
+    models = tuple(architecture.params for architecture in registry().values())
+    return Annotated[Union[models], Field(discriminator="arch")]  # noqa: UP007
+
+
+def arch_names() -> list[str]:
+    return sorted(registry())
+
 
 # The architectures' names before they were named for what they are: MLflow runs and
 # registry versions logged earlier carry these in their candidate.json and tags.
@@ -190,9 +161,9 @@ def candidate_from_logged(logged: dict[str, Any]) -> TorchCandidate | LogReg:
     every architecture's fields): old arch names are mapped, and fields that the
     architecture does not have are dropped."""
     arch = LEGACY_ARCHS.get(logged.get("arch"), logged.get("arch"))
-    if arch not in BY_ARCH:
+    if arch not in registry():
         raise ParamsError(f"logged candidate has an unknown arch {logged.get('arch')!r}")
-    model = BY_ARCH[arch]
+    model = registry()[arch].params
     fields = {k: v for k, v in logged.items() if k in model.model_fields}
     return model.model_validate({**fields, "arch": arch}, strict=False)
 
@@ -209,7 +180,9 @@ class TrainParams(Section):
     # Data-parallel ranks on this machine for the torch candidates: > 1 runs the train
     # stage under torchrun (gloo on the CPU, NCCL on CUDA).
     processes: Annotated[int, Field(ge=1, le=64)]
-    candidates: dict[str, AnyCandidate] = Field(min_length=1)
+    # Each entry validated by its architecture's params: resolved by complete(), which
+    # load_section calls, from pipeline/architectures/.
+    candidates: dict[str, AnyCandidate] = Field(min_length=1)  # noqa: F821
 
     def candidate(self, name: str) -> TorchCandidate | LogReg:
         if name not in self.candidates:
@@ -225,7 +198,21 @@ class TrainParams(Section):
             raise ValueError(
                 f"enabled names unknown candidates {unknown}; known: {sorted(self.candidates)}"
             )
+        references = [
+            candidate.reference for candidate in self.candidates.values() if candidate.reference
+        ]
+        twice = sorted({r for r in references if references.count(r) > 1})
+        if twice:
+            raise ValueError(f"more than one candidate reproduces {twice} (their `reference`)")
         return self
+
+    def reproducing(self) -> dict[str, str]:
+        """Reference system (R1-R5) -> the candidate that reproduces it."""
+        return {
+            candidate.reference: name
+            for name, candidate in self.candidates.items()
+            if candidate.reference
+        }
 
 
 class EvaluateParams(Section):
@@ -301,15 +288,23 @@ def load_section(path: Path, section: str, model: type[S]) -> S:
     data = load_yaml(path)
     if section not in data:
         raise ParamsError(f"{path}: missing section '{section}'")
+    complete(model)
     try:
         return model.model_validate(data[section])
     except ValidationError as error:
         raise ParamsError(format_errors(path, section, error)) from None
 
 
+def complete(model: type[Section]) -> None:
+    """Resolve ``model``'s candidate union (TrainParams') from the registered
+    architectures, once; nothing to do for the other sections."""
+    if not model.__pydantic_complete__:
+        model.model_rebuild(_types_namespace={"AnyCandidate": candidate_union()})
+
+
 def validate_candidate(data: dict[str, Any]) -> TorchCandidate | LogReg:
     """One candidate's settings (as in params.yaml) into its architecture's model."""
-    return TypeAdapter(AnyCandidate).validate_python(data)
+    return TypeAdapter(candidate_union()).validate_python(data)
 
 
 def format_errors(path: Path, section: str, error: ValidationError) -> str:
@@ -321,9 +316,9 @@ def format_errors(path: Path, section: str, error: ValidationError) -> str:
         if item["type"] == "extra_forbidden":
             message = f"unknown key for arch {arch!r} (typo?)" if arch else "unknown key (typo?)"
         elif item["type"] == "union_tag_invalid":
-            message = f"arch must be one of {', '.join(BY_ARCH)}"
+            message = f"arch must be one of {', '.join(arch_names())}"
         elif item["type"] == "union_tag_not_found":
-            message = f"needs an 'arch': one of {', '.join(BY_ARCH)}"
+            message = f"needs an 'arch': one of {', '.join(arch_names())}"
         got = item.get("input")
         quiet = item["type"] in ("missing", "extra_forbidden", "union_tag_not_found")
         suffix = "" if quiet or isinstance(got, dict) else f" (got {got!r})"
@@ -335,6 +330,6 @@ def _without_tag(loc: tuple) -> tuple[list[str], str | None]:
     """pydantic puts a union's tag in the location (candidates, mlp128, mlp, lr): return
     the location without it (candidates, mlp128, lr) and the tag."""
     parts = [str(part) for part in loc]
-    if len(parts) > 2 and parts[0] == "candidates" and parts[2] in BY_ARCH:
+    if len(parts) > 2 and parts[0] == "candidates" and parts[2] in arch_names():
         return parts[:2] + parts[3:], parts[2]
     return parts, None

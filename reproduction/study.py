@@ -49,8 +49,7 @@ TOLERANCE = 0.5  # percentage points, where a write-up gives no spread
 class Reference:
     """One write-up's published figures and how we read what it left open."""
 
-    id: str
-    candidate: str  # key of train.candidates
+    id: str  # the candidate with this `reference` in params.yaml reproduces it
     accuracy: float  # published test accuracy, %
     spread: float | None = None  # published ± on the accuracy, points
     loss: float | None = None  # published test loss
@@ -64,7 +63,6 @@ class Reference:
 REFERENCES = (
     Reference(
         "R1",
-        "mlp_tanh16",
         95.49,
         loss=0.1532,
         reading="Keras's Glorot-uniform initialisation, as theirs; trained on 50,000 "
@@ -76,7 +74,6 @@ REFERENCES = (
     ),
     Reference(
         "R2",
-        "cnn_r2",
         97.27,
         spread=0.43,
         seconds=302.5,
@@ -90,7 +87,6 @@ REFERENCES = (
     ),
     Reference(
         "R3",
-        "mlp_wide_softmax",
         92.79,
         reading='hidden activation "softmax" taken literally (softmax across the 784 '
         "hidden units); Adam lr 0.001 and Glorot-uniform initialisation (Keras's "
@@ -101,7 +97,6 @@ REFERENCES = (
     ),
     Reference(
         "R4",
-        "mlp128",
         98.1,
         reading="Glorot-uniform initialisation (Keras's default); 48,000 training "
         "images, a stratified subset of our 50,000 (they held out 20 % of 60,000)",
@@ -110,7 +105,6 @@ REFERENCES = (
     ),
     Reference(
         "R5",
-        "mlp_sigmoid",
         94.62,
         reading="hidden sizes not stated: [30], Nielsen's network; cross-entropy loss "
         "with SGD lr 0.5, batch 10 (Nielsen's chapter-3 settings)",
@@ -136,20 +130,20 @@ def dvc_paths() -> dict[str, str]:
 
 
 def run_once(
-    c: Candidate, seed: int, data_dir: Path, test: dict, stats: dict, eval_batch: int
+    candidate: Candidate, seed: int, data_dir: Path, test: dict, stats: dict, eval_batch: int
 ) -> Run:
-    """Train ``c`` as the train stage does (seeded), then score it as evaluate does."""
+    """Train ``candidate`` as the train stage does (seeded), then score it as evaluate does."""
     torch.manual_seed(seed)
-    data = training.load_data(data_dir, c, seed)
+    data = training.load_data(data_dir, candidate, seed)
     started = time.perf_counter()
-    if c.is_torch:
-        net = models.build(c)
-        training.train_torch(net, c, data, seed)
+    if candidate.is_torch:
+        net = models.build(candidate)
+        training.train_torch(net, candidate, data, seed)
     else:
-        _, _, net = training.train_logreg(c, data, seed)
+        _, _, net = training.train_logreg(candidate, data, seed)
     seconds = time.perf_counter() - started
     net = net.to(memory_format=torch.contiguous_format).eval()
-    predictor = inference.make_predictor(c, net, stats)
+    predictor = inference.make_predictor(candidate, net, stats)
     probs = inference.in_batches(predictor, test["pixels"], eval_batch).numpy()
     scored = score(probs, test["labels"])
     return Run(
@@ -157,7 +151,7 @@ def run_once(
         100 * scored["test_accuracy"],
         scored["test_loss"],
         seconds,
-        len(data.y_train) * (c.epochs if c.is_torch else 1) / seconds,
+        len(data.y_train) * (candidate.epochs if candidate.is_torch else 1) / seconds,
     )
 
 
@@ -179,7 +173,7 @@ def verdict(mean: float, ref: Reference) -> tuple[str, str]:
     return "different", f"{mean:.2f} is {ref.accuracy - tol - mean:.2f} points below {band}"
 
 
-def summarise(ref: Reference, c: Candidate, runs: list[Run]) -> dict:
+def summarise(ref: Reference, name: str, candidate: Candidate, runs: list[Run]) -> dict:
     acc, acc_std = mean_std([r.test_accuracy for r in runs])
     loss, loss_std = mean_std([r.test_loss for r in runs])
     secs, secs_std = mean_std([r.train_seconds for r in runs])
@@ -187,9 +181,9 @@ def summarise(ref: Reference, c: Candidate, runs: list[Run]) -> dict:
     kind, reason = verdict(acc, ref)
     return {
         "id": ref.id,
-        "candidate": ref.candidate,
-        "description": c.description,
-        "published": {k: v for k, v in asdict(ref).items() if k not in ("id", "candidate")},
+        "candidate": name,
+        "description": candidate.description,
+        "published": {k: v for k, v in asdict(ref).items() if k != "id"},
         "runs": [asdict(r) for r in runs],
         "test_accuracy_mean": acc,
         "test_accuracy_std": acc_std,
@@ -273,7 +267,6 @@ def header(context: dict) -> str:
 
 def parse_args(argv=None) -> argparse.Namespace:
     paths = dvc_paths()
-    names = [r.id for r in REFERENCES] + [r.candidate for r in REFERENCES]
     p = argparse.ArgumentParser(
         prog="python -m reproduction",
         description=__doc__,
@@ -290,9 +283,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=names,
         metavar="NAME",
-        help=f"run only these systems, by id or candidate name ({', '.join(names)})",
+        help="run only these systems, by id (R1-R5) or by the name of the candidate that "
+        "reproduces it (its `reference` in params.yaml)",
     )
     p.add_argument(
         "--params",
@@ -336,16 +329,25 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seeds is not None and args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.only:
+        known = {r.id for r in REFERENCES}
+        if args.params.is_file():
+            known |= set(load_section(args.params, "train", TrainParams).reproducing().values())
+        if unknown := sorted(set(args.only) - known):
+            p.error(f"--only: {unknown} is not one of {', '.join(sorted(known))}")
     return args
 
 
 def main(args: argparse.Namespace) -> None:
     params = load_section(args.params, "train", TrainParams)
     eval_params = load_section(args.params, "evaluate", EvaluateParams)
-    chosen = [r for r in REFERENCES if not args.only or {r.id, r.candidate} & set(args.only)]
-    missing = [r.candidate for r in chosen if r.candidate not in params.candidates]
+    reproducing = params.reproducing()  # R1-R5 -> the candidate whose `reference` it is
+    missing = [r.id for r in REFERENCES if r.id not in reproducing]
     if missing:
-        raise StageError(f"train.candidates: no candidate named {missing} in {args.params}")
+        raise StageError(
+            f"train.candidates: no candidate has `reference: {missing[0]}` ({args.params})"
+        )
+    chosen = [r for r in REFERENCES if not args.only or {r.id, reproducing[r.id]} & set(args.only)]
     if args.render:
         return render(args.render, args.out, params, chosen)
     for path in (args.data / "stats.json", args.test):
@@ -372,22 +374,25 @@ def main(args: argparse.Namespace) -> None:
     # multi-threaded work markedly slower in the same process.
     for ref in sorted(
         chosen,
-        key=lambda r: -runtime.threads_for(context["threads"], params.candidates[r.candidate]),
+        key=lambda r: (
+            -runtime.threads_for(context["threads"], params.candidates[reproducing[r.id]])
+        ),
     ):
-        c = params.candidates[ref.candidate]
-        threads = runtime.set_threads(context["threads"], c)
+        name = reproducing[ref.id]
+        candidate = params.candidates[name]
+        threads = runtime.set_threads(context["threads"], candidate)
         seeds = range(args.seeds if args.seeds is not None else max(3, ref.trials))
         runs = []
         for seed in seeds:
-            run = run_once(c, seed, args.data, test, stats, eval_params.batch_size)
+            run = run_once(candidate, seed, args.data, test, stats, eval_params.batch_size)
             runs.append(run)
             print(
-                f"reproduce: {ref.id} {ref.candidate} seed {seed}: test accuracy "
+                f"reproduce: {ref.id} {name} seed {seed}: test accuracy "
                 f"{run.test_accuracy:.2f} %, loss {run.test_loss:.4f}, "
                 f"{run.train_seconds:.1f} s ({run.images_per_s:,.0f} img/s)",
                 flush=True,
             )
-        rows.append(summarise(ref, c, runs) | {"threads": threads})
+        rows.append(summarise(ref, name, candidate, runs) | {"threads": threads})
         rows.sort(key=lambda row: row["id"])
         write(args.out, rows, context)  # after each system, so a stopped run keeps its rows
     print(table(rows, context))
@@ -401,6 +406,7 @@ def render(report_path: Path, out: Path, params: TrainParams, chosen: list[Refer
     rows = [
         summarise(
             refs[row["id"]],
+            row["candidate"],
             params.candidates[row["candidate"]],
             [Run(**run) for run in row["runs"]],
         )

@@ -4,8 +4,8 @@ import sys
 import pytest
 import yaml
 
+from pipeline.architectures.conv3 import Conv3Dense
 from pipeline.params import (
-    Conv3Dense,
     EvaluateParams,
     FetchParams,
     MlflowParams,
@@ -84,13 +84,13 @@ def write_with(tmp_path, edit):
             "train",
             lambda p: p["train"]["candidates"]["mlp128"].pop("arch"),
             "train.candidates.mlp128",
-            "needs an 'arch': one of mlp, conv1_dense",
+            "needs an 'arch': one of conv1_dense, conv3_dense",
         ),
         (
             "train",
             lambda p: p["train"]["candidates"]["mlp128"].update(arch="resnet"),
             "train.candidates.mlp128",
-            "arch must be one of mlp, conv1_dense",
+            "arch must be one of conv1_dense, conv3_dense",
         ),
         (
             "train",
@@ -122,6 +122,18 @@ def write_with(tmp_path, edit):
             lambda p: p["train"].update(enabled=["mlp128", "resnet9000"]),
             "train",
             "resnet9000",
+        ),
+        (
+            "train",
+            lambda p: p["train"]["candidates"]["cnn_compact"].update(reference="R4"),
+            "train",
+            "more than one candidate reproduces ['R4']",
+        ),
+        (
+            "train",
+            lambda p: p["train"]["candidates"]["mlp128"].update(reference="R6"),
+            "train.candidates.mlp128.reference",
+            "Input should be 'R1', 'R2', 'R3', 'R4' or 'R5'",
         ),
         (
             "train",
@@ -188,7 +200,14 @@ def test_each_architecture_has_exactly_its_own_fields():
     mlp, cnn, logreg = candidates["mlp128"], candidates["cnn_compact"], candidates["logreg"]
     assert "channels" not in mlp.model_dump() and "C" not in mlp.model_dump()
     assert "hidden" not in cnn.model_dump() and "micro_batch" not in cnn.model_dump()
-    assert set(logreg.model_dump()) == {"arch", "description", "train_size", "C", "max_iter"}
+    assert set(logreg.model_dump()) == {
+        "arch",
+        "description",
+        "reference",
+        "train_size",
+        "C",
+        "max_iter",
+    }
 
 
 def test_no_schema_default_disagrees_with_params_yaml():
