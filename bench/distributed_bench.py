@@ -55,15 +55,15 @@ def write_arrays(folder: Path) -> None:
 
 def epoch(candidate_name: str, folder: Path, threads: int, precision: str, epochs: int) -> dict:
     """Train a candidate (this process's part of it, under torchrun) and time it."""
-    c = load_section(PARAMS, "train", TrainParams).candidates[candidate_name]
-    c = c.model_copy(update={"epochs": epochs})
+    candidate = load_section(PARAMS, "train", TrainParams).candidates[candidate_name]
+    candidate = candidate.model_copy(update={"epochs": epochs})
     context = distributed.start("cpu", precision)
     torch.set_num_threads(threads)
-    data = training.load_data(folder, c, seed=0)
+    data = training.load_data(folder, candidate, seed=0)
     torch.manual_seed(0)
-    net = models.build(c)
+    net = models.build(candidate)
     started = time.perf_counter()
-    history = training.train_torch(net, c, data, seed=0, context=context)
+    history = training.train_torch(net, candidate, data, seed=0, context=context)
     seconds = time.perf_counter() - started
     distributed.finish(context)
     return {

@@ -46,12 +46,12 @@ def data_on_disk(folder: Path):
 
 
 def bench_candidate(report: Report, name: str, data: training.Data, test, device) -> None:
-    c = load_section(PARAMS, "train", TrainParams).candidates[name]
+    candidate = load_section(PARAMS, "train", TrainParams).candidates[name]
     context = distributed.Context(device, dtype=distributed.autocast_dtype("auto", device))
     pixels = inference.to_pixels(test[0])
     labels = torch.from_numpy(test[1].astype("int64"))
     torch.manual_seed(0)
-    net = models.build(c)
+    net = models.build(candidate)
     tested: list[float] = []
     testing = 0.0  # seconds spent on the test set, left out of the training time
     reached = None  # training seconds when test accuracy first reached 99 %
@@ -61,20 +61,24 @@ def bench_candidate(report: Report, name: str, data: training.Data, test, device
         nonlocal testing, reached
         torch.cuda.synchronize()
         paused = time.perf_counter()
-        predictor = inference.make_predictor(c, net, {"mean": 0.0, "std": 1.0})
+        predictor = inference.make_predictor(candidate, net, {"mean": 0.0, "std": 1.0})
         probs = inference.in_batches(predictor, pixels, 2048, device)
         tested.append(float((probs.argmax(1) == labels).float().mean()))
         if reached is None and tested[-1] >= 0.99:
             reached = paused - started - testing
         testing += time.perf_counter() - paused
 
-    history = training.train_torch(net, c, data, seed=0, on_epoch=after_epoch, context=context)
+    history = training.train_torch(
+        net, candidate, data, seed=0, on_epoch=after_epoch, context=context
+    )
     torch.cuda.synchronize()
     seconds = time.perf_counter() - started - testing
-    images = len(data.y_train) * c.epochs
+    images = len(data.y_train) * candidate.epochs
     precision = str(context.dtype).removeprefix("torch.") if context.dtype else "fp32"
     gpu = torch.cuda.get_device_name(device)
-    report.row(SECTION, f"{name}: {c.epochs} epochs on {gpu}, {precision}", f"{seconds:.1f} s")
+    report.row(
+        SECTION, f"{name}: {candidate.epochs} epochs on {gpu}, {precision}", f"{seconds:.1f} s"
+    )
     report.row(SECTION, f"{name}: training images/s", f"{images / seconds:,.0f}")
     report.row(SECTION, f"{name}: validation accuracy", f"{history.epochs[-1]['val_accuracy']:.4f}")
     report.row(SECTION, f"{name}: test accuracy", f"{tested[-1]:.4f}")

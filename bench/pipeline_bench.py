@@ -93,9 +93,9 @@ def bench_repro(report: Report, tmp: Path) -> None:
     )
 
 
-def trained(c, data: training.Data) -> torch.nn.Module:
-    net = models.build(c)
-    training.train_torch(net, c, data, seed=0)
+def trained(candidate, data: training.Data) -> torch.nn.Module:
+    net = models.build(candidate)
+    training.train_torch(net, candidate, data, seed=0)
     return net
 
 
@@ -123,22 +123,22 @@ def bench_training(report: Report, data: dict) -> None:
     widest = sorted(named, key=lambda n: -runtime.threads_for(0, candidates[named[n][0]]))
     for name in widest:
         base, update = named[name]
-        c = candidates[base].model_copy(update=update)
-        if not c.is_torch:
+        candidate = candidates[base].model_copy(update=update)
+        if not candidate.is_torch:
             continue
-        threads = runtime.set_threads(0, c)
-        net = models.build(c)
+        threads = runtime.set_threads(0, candidate)
+        net = models.build(candidate)
         if name in full_runs:  # from a fresh network, validation included
             full = training.Data(x_train, y_train, x_val, y_val)
-            seconds, net = timed(partial(trained, c, full))
+            seconds, net = timed(partial(trained, candidate, full))
             scored = inference.make_predictor(
-                c, net.eval(), {"mean": 0.0, "std": 1.0}, channels_last=c.is_cnn
+                candidate, net.eval(), {"mean": 0.0, "std": 1.0}, channels_last=candidate.is_cnn
             )
             probs = inference.in_batches(scored, pixels, batch_size)
             accuracy = float((probs.argmax(1) == data["test_labels"]).float().mean())
             report.row(
                 SECTION,
-                f"train {name}, {c.epochs} epochs on 50,000 (its test accuracy)",
+                f"train {name}, {candidate.epochs} epochs on 50,000 (its test accuracy)",
                 f"{seconds:.1f} s ({accuracy:.2%})",
                 full_runs[name],
             )
@@ -147,17 +147,19 @@ def bench_training(report: Report, data: dict) -> None:
         # Throughput on a 10,000-image slice, one epoch (validation pass excluded); the
         # best of 2, so that one-off set-up (oneDNN picking kernels) is not counted.
         n = 10_000
-        short = c.model_copy(update={"epochs": 1})
+        short = candidate.model_copy(update={"epochs": 1})
         sliced = training.Data(x_train[:n], y_train[:n], x_val[:1], y_val[:1])
         seconds, _ = timed(partial(trained, short, sliced), repeat=2)
         report.row(
             SECTION,
             f"train {name}: images/s (1 epoch of {n:,}, batch "
-            f"{c.batch_size}, {threads} thread{'s' if threads > 1 else ''})",
+            f"{candidate.batch_size}, {threads} thread{'s' if threads > 1 else ''})",
             f"{n / seconds:,.0f} img/s",
         )
         # As the evaluate stage does it: its batch size, CNNs in channels_last.
-        predictor = inference.make_predictor(c, net, {"mean": 0.0, "std": 1.0}, channels_last=True)
+        predictor = inference.make_predictor(
+            candidate, net, {"mean": 0.0, "std": 1.0}, channels_last=True
+        )
         inference.in_batches(predictor, pixels[:batch_size], batch_size)  # warm-up
         seconds, _ = timed(partial(inference.in_batches, predictor, pixels, batch_size), 3)
         report.row(

@@ -25,9 +25,9 @@ def client(project: Project):
 
 
 def champion_and_history(project: Project):
-    c = client(project)
-    champion = c.get_model_version_by_alias(MODEL, "champion")
-    return champion, json.loads(c.get_registered_model(MODEL).tags["champion_history"])
+    mlflow_client = client(project)
+    champion = mlflow_client.get_model_version_by_alias(MODEL, "champion")
+    return champion, json.loads(mlflow_client.get_registered_model(MODEL).tags["champion_history"])
 
 
 def killed(project: Project, stage: str, fault: str):

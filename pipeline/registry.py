@@ -62,16 +62,18 @@ def ensure_registered_model(name: str) -> None:
 
 def version_for_run(name: str, row: dict, experiment_id: str):
     """The registry version of this run's model, registered now if it is not yet."""
-    c = client()
-    existing = c.search_model_versions(f"name = '{name}' and run_id = '{row['run_id']}'")
+    mlflow_client = client()
+    existing = mlflow_client.search_model_versions(
+        f"name = '{name}' and run_id = '{row['run_id']}'"
+    )
     if existing:
         return max(existing, key=lambda v: int(v.version))
-    logged = c.search_logged_models(
+    logged = mlflow_client.search_logged_models(
         experiment_ids=[experiment_id], filter_string=f"source_run_id = '{row['run_id']}'"
     )
     if not logged:
         raise StageError(f"run {row['run_id']} ({row['candidate']}) has no logged model")
-    run = c.get_run(row["run_id"])
+    run = mlflow_client.get_run(row["run_id"])
     lineage = {
         k: v
         for k, v in run.data.tags.items()
@@ -90,7 +92,7 @@ def version_for_run(name: str, row: dict, experiment_id: str):
         **lineage,
     }
     settings = ", ".join(f"{k}={v}" for k, v in sorted(run.data.params.items()))
-    return c.create_model_version(
+    return mlflow_client.create_model_version(
         name,
         source=logged[0].model_uri,
         run_id=row["run_id"],
@@ -106,9 +108,9 @@ def version_for_run(name: str, row: dict, experiment_id: str):
 def describe(name: str, version: str, card: str) -> None:
     """The model card as the description of a packaged version and, since that version
     is the one served, of the registered model."""
-    c = client()
-    c.update_model_version(name, version, description=card)
-    c.update_registered_model(name, description=card)
+    mlflow_client = client()
+    mlflow_client.update_model_version(name, version, description=card)
+    mlflow_client.update_registered_model(name, description=card)
 
 
 def current_champion(name: str):
@@ -129,14 +131,16 @@ def history(name: str) -> list[dict]:
 def record(name: str, version: str, previous: str | None, reason: str) -> None:
     """Append a move of the alias to ``version`` to the history (once: a version that is
     already the last entry is not recorded again)."""
-    c = client()
+    mlflow_client = client()
     entries = history(name)
     if entries and entries[-1]["version"] == version:
         return
     at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     entry = {"version": version, "previous": previous, "reason": reason, "at": at}
-    c.set_registered_model_tag(name, HISTORY_TAG, json.dumps([*entries, entry][-HISTORY_KEEP:]))
-    c.set_model_version_tag(name, version, "promoted_at", at)
+    mlflow_client.set_registered_model_tag(
+        name, HISTORY_TAG, json.dumps([*entries, entry][-HISTORY_KEEP:])
+    )
+    mlflow_client.set_model_version_tag(name, version, "promoted_at", at)
 
 
 def move_alias(name: str, version: str, previous: str | None, reason: str) -> None:
