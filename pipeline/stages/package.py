@@ -150,7 +150,7 @@ def source_note(info: dict) -> str:
 
 
 def model_card(info: dict, check: dict, robustness: str = "") -> str:
-    m = info["metrics"]
+    metrics = info["metrics"]
     return f"""# MNIST digit classifier: {info["candidate"]}
 
 Registry: `{info["registry_model"]}` version {info["registry_version"]} (alias `{info["alias"]}`),
@@ -163,8 +163,8 @@ MNIST way (grey, ink light on dark, cropped, scaled into 20x20, centred by mass)
 **Trained on.** MNIST: {info["n_train"]} training images from the official 60,000, apart
 from a stratified validation split carved from them. Selected by validation accuracy only.
 
-**Metrics.** Validation accuracy {m["val_accuracy"]:.4f}; test accuracy
-{m["test_accuracy"]:.4f} on {check["images"]:,} official test images (read once, by evaluate).
+**Metrics.** Validation accuracy {metrics["val_accuracy"]:.4f}; test accuracy
+{metrics["test_accuracy"]:.4f} on {check["images"]:,} official test images (read once, by evaluate).
 ONNX Runtime agrees with torch on all {check["images"]} test images (max probability
 difference {check["max_probability_diff"]:.1e}). {quantization_line(check)}
 

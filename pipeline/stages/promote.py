@@ -40,15 +40,15 @@ def best_candidate(summary: dict, max_multiply_adds: int | None = None) -> dict:
     to the alphabetically first name."""
     if not summary:
         raise StageError("summary.json lists no candidates")
-    eligible = [r for r in summary.values() if within_budget(r, max_multiply_adds)]
+    eligible = [row for row in summary.values() if within_budget(row, max_multiply_adds)]
     if not eligible:
-        cheapest = min(summary.values(), key=lambda r: r["multiply_adds"])
+        cheapest = min(summary.values(), key=lambda row: row["multiply_adds"])
         raise StageError(
             f"promote.max_multiply_adds: no candidate fits {max_multiply_adds:,} multiply-adds "
             f"an image (the cheapest, {cheapest['candidate']}, needs "
             f"{cheapest['multiply_adds']:,}); raise the budget or enable a smaller candidate"
         )
-    return min(eligible, key=lambda r: (-r["val_accuracy"], r["candidate"]))
+    return min(eligible, key=lambda row: (-row["val_accuracy"], row["candidate"]))
 
 
 def with_robustness(summary: dict, robustness: Path) -> dict:
@@ -73,7 +73,7 @@ def clears_floor(row: dict, floor: float | None) -> bool:
 
 
 def below_floor(summary: dict, floor: float | None) -> list[str]:
-    return sorted(r["candidate"] for r in summary.values() if not clears_floor(r, floor))
+    return sorted(row["candidate"] for row in summary.values() if not clears_floor(row, floor))
 
 
 def robust_enough(summary: dict, floor: float | None) -> dict:
@@ -115,7 +115,7 @@ def eligibility(summary: dict, params: PromoteParams) -> dict:
 
 def over_budget(summary: dict, max_multiply_adds: int | None) -> list[str]:
     return sorted(
-        r["candidate"] for r in summary.values() if not within_budget(r, max_multiply_adds)
+        row["candidate"] for row in summary.values() if not within_budget(row, max_multiply_adds)
     )
 
 

@@ -48,7 +48,7 @@ def seconds_to(target: float, history: Path, run: dict) -> float | None:
     """Training seconds until the end of the first epoch at ``target`` validation accuracy
     or better; None if no epoch got there (or the run predates per-epoch times)."""
     with history.open(newline="") as f:
-        accuracies = [float(r["val_accuracy"]) for r in csv.DictReader(f)]
+        accuracies = [float(row["val_accuracy"]) for row in csv.DictReader(f)]
     ends = run.get("epoch_seconds", [])
     for accuracy, end in zip(accuracies, ends, strict=False):
         if accuracy >= target:
@@ -84,7 +84,7 @@ def row(name: str, models: Path, reports: Path) -> dict:
 
 def summarize(enabled: list[str], models: Path, reports: Path) -> list[dict]:
     rows = [row(name, models, reports) for name in enabled]
-    return sorted(rows, key=lambda r: (-r["val_accuracy"], r["candidate"]))
+    return sorted(rows, key=lambda row: (-row["val_accuracy"], row["candidate"]))
 
 
 def scores(summary_row: dict, robustness: Path) -> dict:
@@ -138,13 +138,13 @@ def robustness_rows(names: list[str], robustness: Path) -> list[list[str]]:
 def main(args) -> None:
     params = load_section(args.params, "train", TrainParams)
     rows = summarize(params.enabled, args.models, args.reports)
-    names = [r["candidate"] for r in rows]  # best first: plots list them in this order
-    cards = {name: scores(r, args.robustness) for name, r in zip(names, rows, strict=True)}
+    names = [row["candidate"] for row in rows]  # best first: plots list them in this order
+    cards = {name: scores(row, args.robustness) for name, row in zip(names, rows, strict=True)}
     out: Path = args.out
     for name, card in cards.items():
         atomic.write_json(args.scores / f"{name}.json", card)
-    atomic.write_json(out / "summary.json", {r["candidate"]: r for r in rows})
-    atomic.write_csv(out / "summary.csv", COLUMNS, ([r[c] for c in COLUMNS] for r in rows))
+    atomic.write_json(out / "summary.json", {row["candidate"]: row for row in rows})
+    atomic.write_csv(out / "summary.csv", COLUMNS, ([row[c] for c in COLUMNS] for row in rows))
     atomic.write_csv(out / "history.csv", ["candidate", *HISTORY], history_rows(names, args.models))
     atomic.write_csv(
         out / "confusion.csv",
@@ -156,10 +156,11 @@ def main(args) -> None:
         ["candidate", "kind", "accuracy"],
         robustness_rows(names, args.robustness),
     )
-    for r in rows:
+    for row in rows:
+        photos = cards[row["candidate"]]["photo_accuracy"]
         print(
-            f"summarize: {r['candidate']:<18} val {r['val_accuracy']:.4f} "
-            f"test {r['test_accuracy']:.4f} photos {cards[r['candidate']]['photo_accuracy']:.4f}"
+            f"summarize: {row['candidate']:<18} val {row['val_accuracy']:.4f} "
+            f"test {row['test_accuracy']:.4f} photos {photos:.4f}"
         )
 
 
