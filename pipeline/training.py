@@ -420,16 +420,17 @@ def epoch_step_losses(
     return context.sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
-def train_logreg(c: LogReg, data: Data, seed: int):
+def train_logreg(c: LogReg, data: Data, seed: int, net: nn.Module | None = None):
     """scikit-learn multinomial logistic regression; returns (fitted model, its History,
-    the equivalent linear network)."""
+    the equivalent linear network: ``net``, models.build's for ``c``, filled in, or a new
+    one)."""
     from sklearn.linear_model import LogisticRegression
 
     clf = LogisticRegression(C=c.C, max_iter=c.max_iter, random_state=seed)
     x_train = data.x_train.flatten(1).numpy()
     clf.fit(x_train, data.y_train.numpy())
     # Softmax of x @ coef.T + intercept is exactly predict_proba: one Linear layer.
-    net = models.build(c)
+    net = net if net is not None else models.build(c)
     with torch.no_grad():
         net[1].weight.copy_(torch.from_numpy(clf.coef_).float())
         net[1].bias.copy_(torch.from_numpy(clf.intercept_).float())

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -65,16 +68,6 @@ def final_metrics(
     }
 
 
-def log_datasets(data: training.Data, lineage: dict) -> None:
-    import mlflow
-
-    for name, x in (("train", data.x_train), ("val", data.x_val)):
-        dataset = mlflow.data.from_numpy(
-            x[:1].numpy(), name=name, digest=lineage[f"data_sha256.{name}"][:16]
-        )
-        mlflow.log_input(dataset, context="training" if name == "train" else "validation")
-
-
 def write_outputs(
     out: Path, net: torch.nn.Module, history: training.History, final: dict, name: str
 ) -> None:
@@ -110,12 +103,7 @@ def main(args) -> None:
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     c = params.candidate(args.candidate)
     if c.is_torch and params.processes > 1 and not distributed.under_torchrun():
-        code = distributed.relaunch(params.processes, "pipeline.stages.train", argv_of(args))
-        if code:
-            raise StageError(
-                f"{params.processes} data-parallel processes under torchrun "
-                f"failed (exit {code}); the failing rank's error is above"
-            )
+        relaunch(args, params.processes)
         return
     # logreg is scikit-learn's: on the CPU, in one process.
     context = (
@@ -129,6 +117,16 @@ def main(args) -> None:
         distributed.finish(context)
 
 
+def relaunch(args, processes: int) -> None:
+    """This stage again as ``processes`` data-parallel ranks under torchrun."""
+    code = distributed.relaunch(processes, "pipeline.stages.train", argv_of(args))
+    if code:
+        raise StageError(
+            f"{processes} data-parallel processes under torchrun "
+            f"failed (exit {code}); the failing rank's error is above"
+        )
+
+
 def train(
     args, params: TrainParams, mlflow_params: MlflowParams, c, context: distributed.Context
 ) -> None:
@@ -136,12 +134,147 @@ def train(
     threads = runtime.set_threads(params.threads, c, processes=context.world_size)
     torch.manual_seed(params.seed)
     data = training.load_data(args.data, c, params.seed)
+    net = models.build(c)  # every rank the same seeded initial weights
     if not context.is_main:  # another rank: only the training, no outputs, no MLflow run
-        training.train_torch(models.build(c), c, data, params.seed, context=context)
+        training.train_torch(net, c, data, params.seed, context=context)
         return
     stats = atomic.read_json(args.data / "stats.json")
-    out: Path = args.out
+    logged = run_params(args.candidate, c, params.seed, data, threads, context)
+    with recorded_run(args, mlflow_params, c, logged, data) as recorder:
+        history, clf = fit(net, c, data, params.seed, context, recorder.on_epoch)
+        recorder.stop_clock(images=len(data.y_train) * (c.epochs if c.is_torch else 1))
+        # Back on the CPU, whatever trained it: the final validation, the weights, the
+        # logged model and everything after are the same on every device.
+        net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
+        predictor = inference.make_predictor(c, net, stats)
+        final = final_metrics(history, final_validation(c, net, stats, data), data.y_val, net)
+        recorder.log_final(final)
+        write_outputs(args.out, net, history, final, args.candidate)
+        recorder.log_outputs(args.out, c, stats, predictor, clf)
+    # Last, once the run has ended: run.json holds its end time.
+    atomic.write_json(args.out / "run.json", recorder.run_json(args.candidate, threads))
+    print(
+        f"train: {args.candidate}: val accuracy {final['val_accuracy']:.4f} in "
+        f"{recorder.seconds:.1f} s ({recorder.images_per_s:.0f} images/s); "
+        f"MLflow run {recorder.run_id}"
+    )
 
+
+def fit(
+    net: torch.nn.Module,
+    c,
+    data: training.Data,
+    seed: int,
+    context: distributed.Context,
+    on_epoch: Callable[[dict], None],
+):
+    """Train ``net`` in place: (its History, scikit-learn's fitted model for logreg or
+    None)."""
+    if c.is_torch:
+        return training.train_torch(net, c, data, seed, on_epoch=on_epoch, context=context), None
+    clf, history, _ = training.train_logreg(c, data, seed, net=net)
+    return history, clf
+
+
+def final_validation(c, net: torch.nn.Module, stats: dict, data: training.Data) -> torch.Tensor:
+    """The final model's (with its TTA) validation probabilities, (N, 10): CNNs in
+    channels_last, on a copy, on one thread, for the same bytes on every run. On two, a
+    CNN's validation loss has been seen to move in its last digits now and then from the
+    same weights, the work split between the threads differently (while MLflow's
+    system-metrics thread samples, it seems)."""
+    checker = inference.make_predictor(c, copy.deepcopy(net), stats, channels_last=True)
+    with runtime.one_thread():
+        return inference.in_batches(checker.from_standardised, data.x_val)
+
+
+def run_params(
+    name: str, c, seed: int, data: training.Data, threads: int, context: distributed.Context
+) -> dict:
+    """The MLflow params of a run: the candidate's and where it trained."""
+    return flat_params(name, c, seed, data) | {
+        "threads": threads,
+        "device": str(context.device),
+        "processes": context.world_size,
+        "precision": str(context.dtype).removeprefix("torch.") if context.dtype else "fp32",
+    }
+
+
+@dataclass
+class RunRecorder:
+    """What goes into the candidate's MLflow run while it trains and once it has: a row of
+    metrics per epoch, then the final metrics, the outputs and the model; and the
+    timings that run.json keeps."""
+
+    run_id: str
+    experiment_id: str
+    started: float = field(default_factory=time.perf_counter)
+    epoch_seconds: list[float] = field(default_factory=list)  # since the start, each epoch
+    seconds: float = 0.0  # of training
+    images_per_s: float = 0.0
+
+    def on_epoch(self, row: dict) -> None:
+        import mlflow
+
+        self.epoch_seconds.append(round(time.perf_counter() - self.started, 3))
+        metrics = {k: v for k, v in row.items() if k != "epoch"}
+        mlflow.log_metrics(metrics | {"seconds": self.epoch_seconds[-1]}, step=row["epoch"])
+
+    def stop_clock(self, images: int) -> None:
+        """The training has seen ``images`` (with repeats) since the start."""
+        self.seconds = time.perf_counter() - self.started
+        if not self.epoch_seconds:  # logistic regression: one fit
+            self.epoch_seconds.append(round(self.seconds, 3))
+        self.images_per_s = images / self.seconds
+
+    def log_final(self, final: dict) -> None:
+        """The final model's metrics and the training's speed."""
+        import mlflow
+
+        mlflow.log_metrics(
+            {
+                "final_val_accuracy": final["val_accuracy"],
+                "final_val_loss": final["val_loss"],
+                "val_error_pct": tracking.error_pct(final["val_accuracy"]),
+                "train_seconds": self.seconds,
+                "train_images_per_s": self.images_per_s,
+                "parameters": final["parameters"],
+                "multiply_adds": final["multiply_adds"],
+            }
+        )
+
+    def log_outputs(self, out: Path, c, stats: dict, predictor, clf=None) -> None:
+        """The stage's outputs in ``out`` (as ``train/``) and the model."""
+        import mlflow
+
+        mlflow.log_artifacts(str(out), artifact_path="train")
+        # With the weights, these rebuild the exact Predictor (package reads them back).
+        mlflow.log_dict(c.model_dump(), "train/candidate.json")
+        mlflow.log_dict(stats, "train/stats.json")
+        tracking.log_model(predictor, clf)
+
+    def run_json(self, candidate: str, threads: int) -> dict:
+        """run.json: the run, its timings and when it ended (read once it has)."""
+        import mlflow
+
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "candidate": candidate,
+            "train_seconds": round(self.seconds, 3),
+            "epoch_seconds": self.epoch_seconds,
+            "images_per_s": round(self.images_per_s, 1),
+            "threads": threads,
+            "ended_ms": mlflow.MlflowClient().get_run(self.run_id).info.end_time,
+        }
+
+
+@contextmanager
+def recorded_run(
+    args, mlflow_params: MlflowParams, c, params: dict, data: training.Data
+) -> Iterator[RunRecorder]:
+    """The candidate's MLflow run, tagged with its lineage, its ``params`` and datasets
+    logged; it ends FINISHED, FAILED on an error or KILLED on SIGTERM or Ctrl-C
+    (tracking.training_run). The recorder's clock starts once it is set up."""
     import mlflow
 
     experiment_id = tracking.setup(mlflow_params)
@@ -152,84 +285,19 @@ def train(
     with tracking.training_run(
         experiment_id, args.candidate, tags, mlflow_params.system_metrics
     ) as run:
-        mlflow.log_params(
-            flat_params(args.candidate, c, params.seed, data)
-            | {
-                "threads": threads,
-                "device": str(context.device),
-                "processes": context.world_size,
-                "precision": str(context.dtype).removeprefix("torch.") if context.dtype else "fp32",
-            }
-        )
+        mlflow.log_params(params)
         log_datasets(data, lineage)
-        started = time.perf_counter()
-        epoch_seconds: list[float] = []  # since the start, at each epoch's end
+        yield RunRecorder(run.info.run_id, experiment_id)
 
-        def on_epoch(row: dict) -> None:
-            epoch_seconds.append(round(time.perf_counter() - started, 3))
-            metrics = {k: v for k, v in row.items() if k != "epoch"}
-            mlflow.log_metrics(metrics | {"seconds": epoch_seconds[-1]}, step=row["epoch"])
 
-        clf = None
-        if c.is_torch:
-            net = models.build(c)
-            history = training.train_torch(
-                net, c, data, params.seed, on_epoch=on_epoch, context=context
-            )
-        else:
-            clf, history, net = training.train_logreg(c, data, params.seed)
-        seconds = time.perf_counter() - started
-        if not epoch_seconds:  # logistic regression: one fit
-            epoch_seconds.append(round(seconds, 3))
-        # Back on the CPU, whatever trained it: the final validation, the weights, the
-        # logged model and everything after are the same on every device.
-        net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
-        predictor = inference.make_predictor(c, net, stats)
-        # The final validation (CNNs in channels_last, on a copy), on one thread: the same
-        # bytes on every run. On two, a CNN's validation loss has been seen to move in its
-        # 6th digit now and then from the same weights, the work split between the threads
-        # differently (while MLflow's system-metrics thread samples, it seems).
-        checker = inference.make_predictor(c, copy.deepcopy(net), stats, channels_last=True)
-        with runtime.one_thread():
-            val_probs = inference.in_batches(checker.from_standardised, data.x_val)
-        final = final_metrics(history, val_probs, data.y_val, net)
-        epochs = c.epochs if c.is_torch else 1
-        images_per_s = len(data.y_train) * epochs / seconds
-        mlflow.log_metrics(
-            {
-                "final_val_accuracy": final["val_accuracy"],
-                "final_val_loss": final["val_loss"],
-                "val_error_pct": tracking.error_pct(final["val_accuracy"]),
-                "train_seconds": seconds,
-                "train_images_per_s": images_per_s,
-                "parameters": final["parameters"],
-                "multiply_adds": final["multiply_adds"],
-            }
+def log_datasets(data: training.Data, lineage: dict) -> None:
+    import mlflow
+
+    for name, x in (("train", data.x_train), ("val", data.x_val)):
+        dataset = mlflow.data.from_numpy(
+            x[:1].numpy(), name=name, digest=lineage[f"data_sha256.{name}"][:16]
         )
-        write_outputs(out, net, history, final, args.candidate)
-        mlflow.log_artifacts(str(out), artifact_path="train")
-        # With the weights, these rebuild the exact Predictor (package reads them back).
-        mlflow.log_dict(c.model_dump(), "train/candidate.json")
-        mlflow.log_dict(stats, "train/stats.json")
-        tracking.log_model(predictor, clf)
-    # Last, once the run has ended: evaluate logs into the run and sets its end from here.
-    atomic.write_json(
-        out / "run.json",
-        {
-            "run_id": run.info.run_id,
-            "experiment_id": experiment_id,
-            "candidate": args.candidate,
-            "train_seconds": round(seconds, 3),
-            "epoch_seconds": epoch_seconds,
-            "images_per_s": round(images_per_s, 1),
-            "threads": threads,
-            "ended_ms": mlflow.MlflowClient().get_run(run.info.run_id).info.end_time,
-        },
-    )
-    print(
-        f"train: {args.candidate}: val accuracy {final['val_accuracy']:.4f} "
-        f"in {seconds:.1f} s ({images_per_s:.0f} images/s); MLflow run {run.info.run_id}"
-    )
+        mlflow.log_input(dataset, context="training" if name == "train" else "validation")
 
 
 def cli_main(argv=None) -> None:
