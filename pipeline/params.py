@@ -268,6 +268,12 @@ class PromoteParams(Section):
     quantize: Literal["none", "int8"]
 
 
+class ServeParams(Section):
+    # An answer whose top (calibrated) probability is below this is flagged unsure: a field
+    # in the API's answers and a cue on the page. 0 flags nothing.
+    unsure_below: Annotated[float, Field(ge=0, lt=1)]
+
+
 S = TypeVar("S", bound=Section)
 
 

@@ -83,6 +83,9 @@ def version_for_run(name: str, row: dict, experiment_id: str):
         "candidate": row["candidate"],
         "val_accuracy": f"{row['val_accuracy']:.6f}",
         "test_accuracy": f"{row['test_accuracy']:.6f}",
+        # The expected calibration error on test, with the temperature and without it.
+        "test_ece": f"{row['test_ece']:.4f}",
+        "test_ece_uncalibrated": f"{row['test_ece_uncalibrated']:.4f}",
         "multiply_adds": str(row["multiply_adds"]),
         "parameters": str(row["parameters"]),
         **{

@@ -96,31 +96,46 @@ def jitter(x: torch.Tensor, aug: Augment, generator: torch.Generator) -> torch.T
     return F.grid_sample(x, grid, padding_mode="border", align_corners=False)
 
 
-def make_optimizer(net: nn.Module, c: TorchCandidate, total_steps: int, scaled: bool = False):
-    """(optimizer, scheduler or None) for candidate ``c``; ``scaled``: for fp16's gradient
+def make_optimizer(
+    net: nn.Module, candidate: TorchCandidate, total_steps: int, scaled: bool = False
+):
+    """(optimizer, scheduler or None) for candidate ``candidate``; ``scaled``: for fp16's gradient
     scaler, which needs torch.optim's interface."""
-    if c.schedule == "constant" and not scaled:  # the same kernels, without torch.optim's costs
-        if c.optimizer == "sgd":
+    if (
+        candidate.schedule == "constant" and not scaled
+    ):  # the same kernels, without torch.optim's costs
+        if candidate.optimizer == "sgd":
             return optim.SGD(
-                net.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay
+                net.parameters(),
+                lr=candidate.lr,
+                momentum=candidate.momentum,
+                weight_decay=candidate.weight_decay,
             ), None
         return optim.Adam(
             net.parameters(),
-            lr=c.lr,
-            weight_decay=c.weight_decay,
-            decoupled=c.optimizer == "adamw",
+            lr=candidate.lr,
+            weight_decay=candidate.weight_decay,
+            decoupled=candidate.optimizer == "adamw",
         ), None
     # fused=True: one kernel per step instead of several per tensor.
-    if c.optimizer == "sgd":
+    if candidate.optimizer == "sgd":
         opt = torch.optim.SGD(
-            net.parameters(), lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, fused=True
+            net.parameters(),
+            lr=candidate.lr,
+            momentum=candidate.momentum,
+            weight_decay=candidate.weight_decay,
+            fused=True,
         )
     else:
-        cls = torch.optim.Adam if c.optimizer == "adam" else torch.optim.AdamW
-        opt = cls(net.parameters(), lr=c.lr, weight_decay=c.weight_decay, fused=True)
-    if c.schedule == "onecycle":
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=c.lr, total_steps=total_steps)
-    elif c.schedule == "cosine":
+        cls = torch.optim.Adam if candidate.optimizer == "adam" else torch.optim.AdamW
+        opt = cls(
+            net.parameters(), lr=candidate.lr, weight_decay=candidate.weight_decay, fused=True
+        )
+    if candidate.schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=candidate.lr, total_steps=total_steps
+        )
+    elif candidate.schedule == "cosine":
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     else:
         sched = None
@@ -136,7 +151,7 @@ def evaluate_logits(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 
 def train_torch(
     net: nn.Module,
-    c: TorchCandidate,
+    candidate: TorchCandidate,
     data: Data,
     seed: int,
     on_epoch: Callable[[dict], None] | None = None,
@@ -151,32 +166,32 @@ def train_torch(
     # Subnormal floats take the CPU's slow path; R3's hidden softmax over 784 units makes
     # many of them. Flushing them to zero changes nothing a float32 model can tell.
     torch.set_flush_denormal(True)
-    members = Members.seeded(c, seed)
-    fmt = torch.channels_last if c.is_cnn else torch.contiguous_format
+    members = Members.seeded(candidate, seed)
+    fmt = torch.channels_last if candidate.is_cnn else torch.contiguous_format
     net = net.to(device=device, memory_format=fmt)
     # The whole training set moves to the device once, not a batch at a time.
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_val, y_val = data.x_val.to(device), data.y_val.to(device)
     scale = (data.mean, data.std)
     n = len(y_train)
-    check_last_batch(n, c.batch_size, context)
-    steps_per_epoch = math.ceil(n / c.batch_size)
-    updater = Updater.make(net, c, c.epochs * steps_per_epoch, context)
-    loss_fn = nn.CrossEntropyLoss(label_smoothing=c.label_smoothing)
+    check_last_batch(n, candidate.batch_size, context)
+    steps_per_epoch = math.ceil(n / candidate.batch_size)
+    updater = Updater.make(net, candidate, candidate.epochs * steps_per_epoch, context)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=candidate.label_smoothing)
     # Only the architectures without batch norm have micro_batch.
-    chunk = getattr(c, "micro_batch", None) or c.batch_size
+    chunk = getattr(candidate, "micro_batch", None) or candidate.batch_size
     # An ensemble's members each learn from their own loss, as if trained alone.
     trainer = context.wrap(models.MemberLogits(net))
     history = History()
-    bar = progress_bar(c.epochs * steps_per_epoch, context)
-    for epoch in range(1, c.epochs + 1):
+    bar = progress_bar(candidate.epochs * steps_per_epoch, context)
+    for epoch in range(1, candidate.epochs + 1):
         trainer.train()
         orders = members.orders(n)  # (n,) each: the epoch's order of the images
         losses: list[list[torch.Tensor]] = []  # each step's parts' losses, read once an epoch
         correct = torch.zeros((), dtype=torch.float64, device=device)
-        for start in range(0, n, c.batch_size):
-            idx = [order[start : start + c.batch_size] for order in orders]  # (B,) each
-            drawn = members.draw(x_train, y_train, idx, c, context, scale)
+        for start in range(0, n, candidate.batch_size):
+            idx = [order[start : start + candidate.batch_size] for order in orders]  # (B,) each
+            drawn = members.draw(x_train, y_train, idx, candidate, context, scale)
             updater.zero_grad()
             parts = []
             for xs, ys, share in micro_batches(drawn, len(idx[0]), chunk, fmt):
@@ -191,7 +206,9 @@ def train_torch(
             bar.update()
             if len(losses) % 64 == 0:  # reading a loss waits for the device: rarely
                 bar.set_postfix(epoch=epoch, loss=f"{float(sum(parts)):.4f}", refresh=False)
-        step_losses, train_loss, train_accuracy = epoch_summary(losses, correct, n, c, context)
+        step_losses, train_loss, train_accuracy = epoch_summary(
+            losses, correct, n, candidate, context
+        )
         history.steps += step_losses
         if not context.is_main:
             continue
@@ -220,11 +237,11 @@ class Members:
     generators: list[torch.Generator]  # one per member when own, else one
 
     @classmethod
-    def seeded(cls, c: TorchCandidate, seed: int) -> Members:
-        own = c.members > 1 and c.member_data == "own"
+    def seeded(cls, candidate: TorchCandidate, seed: int) -> Members:
+        own = candidate.members > 1 and candidate.member_data == "own"
         generators = [
             torch.Generator().manual_seed(seed + k * MEMBER_SEED_STRIDE)
-            for k in range(c.members if own else 1)
+            for k in range(candidate.members if own else 1)
         ]
         return cls(own, generators)
 
@@ -237,14 +254,14 @@ class Members:
         x: torch.Tensor,
         y: torch.Tensor,
         idx: list[torch.Tensor],
-        c: TorchCandidate,
+        candidate: TorchCandidate,
         context: distributed.Context,
         scale: tuple[float, float],
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """(images (b, 1, 28, 28), labels (b,)) of this rank's part of the batch, one pair
         per generator: the rows ``idx[k]``, jittered by generator k (in turn)."""
         return [
-            draw(x, y, rows, c, g, context, scale)
+            draw(x, y, rows, candidate, g, context, scale)
             for rows, g in zip(idx, self.generators, strict=True)
         ]
 
@@ -299,10 +316,14 @@ class Updater:
 
     @classmethod
     def make(
-        cls, net: nn.Module, c: TorchCandidate, total_steps: int, context: distributed.Context
+        cls,
+        net: nn.Module,
+        candidate: TorchCandidate,
+        total_steps: int,
+        context: distributed.Context,
     ) -> Updater:
         scaler = torch.amp.GradScaler("cuda") if context.dtype == torch.float16 else None
-        opt, sched = make_optimizer(net, c, total_steps, scaled=scaler is not None)
+        opt, sched = make_optimizer(net, candidate, total_steps, scaled=scaler is not None)
         return cls(opt, sched, scaler, context)
 
     def zero_grad(self) -> None:
@@ -342,14 +363,15 @@ def epoch_summary(
     losses: list[list[torch.Tensor]],
     correct: torch.Tensor,
     n: int,
-    c: TorchCandidate,
+    candidate: TorchCandidate,
     context: distributed.Context,
 ) -> tuple[list[float], float, float]:
     """(each step's loss, the mean training loss, the training accuracy) of an epoch of
     ``n`` images, summed over the ranks: every rank calls it."""
     step_losses = epoch_step_losses(losses, context)
     loss_sum = sum(
-        loss * len(part) for loss, part in zip(step_losses, batches(n, c.batch_size), strict=True)
+        loss * len(part)
+        for loss, part in zip(step_losses, batches(n, candidate.batch_size), strict=True)
     )
     correct_total = float(context.sum(correct.cpu().reshape(1))[0])
     return step_losses, loss_sum / n, correct_total / n
@@ -379,7 +401,7 @@ def draw(
     x: torch.Tensor,
     y: torch.Tensor,
     idx: torch.Tensor,
-    c: TorchCandidate,
+    candidate: TorchCandidate,
     generator: torch.Generator,
     context: distributed.Context,
     scale: tuple[float, float] = (0.0, 1.0),
@@ -389,8 +411,8 @@ def draw(
     # index_select, not x[idx]: the same rows, without advanced indexing's overhead.
     rows = idx.to(x.device)
     xb, yb = x.index_select(0, rows), y.index_select(0, rows)
-    if c.augment.enabled:
-        xb = augment(xb, c.augment, generator, scale)
+    if candidate.augment.enabled:
+        xb = augment(xb, candidate.augment, generator, scale)
     if context.distributed:
         mine = context.part(len(idx))
         xb, yb = xb[mine], yb[mine]
@@ -420,17 +442,17 @@ def epoch_step_losses(
     return context.sum(torch.tensor(values, dtype=torch.float64)).tolist()
 
 
-def train_logreg(c: LogReg, data: Data, seed: int, net: nn.Module | None = None):
+def train_logreg(candidate: LogReg, data: Data, seed: int, net: nn.Module | None = None):
     """scikit-learn multinomial logistic regression; returns (fitted model, its History,
-    the equivalent linear network: ``net``, models.build's for ``c``, filled in, or a new
+    the equivalent linear network: ``net``, models.build's for ``candidate``, filled in, or a new
     one)."""
     from sklearn.linear_model import LogisticRegression
 
-    clf = LogisticRegression(C=c.C, max_iter=c.max_iter, random_state=seed)
+    clf = LogisticRegression(C=candidate.C, max_iter=candidate.max_iter, random_state=seed)
     x_train = data.x_train.flatten(1).numpy()
     clf.fit(x_train, data.y_train.numpy())
     # Softmax of x @ coef.T + intercept is exactly predict_proba: one Linear layer.
-    net = net if net is not None else models.build(c)
+    net = net if net is not None else models.build(candidate)
     with torch.no_grad():
         net[1].weight.copy_(torch.from_numpy(clf.coef_).float())
         net[1].bias.copy_(torch.from_numpy(clf.intercept_).float())

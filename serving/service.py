@@ -6,11 +6,11 @@ In: HTTP requests (JSON digit arrays, or the bytes of a PNG/JPEG). Out: labels a
 
 Endpoints (all POST, as BentoML routes its APIs):
 - /predict        {"images": [[...]] | "images_b64": "...", "dtype": "uint8" | "float32"}
-                  -> {"labels": [N], "probabilities": [N][10]}
+                  -> {"labels": [N], "probabilities": [N][10], "unsure": [N]}
 - /predict_image  one PNG/JPEG: the file itself as the body (Content-Type image/png,
                   image/jpeg or application/octet-stream), or a multipart/form-data form
                   of one file part, any field name (curl -F image=@digit.png)
-                  -> {"label", "probabilities", "preprocessed"}
+                  -> {"label", "probabilities", "unsure", "preprocessed"}
 - /model_info     {} -> info.json of the model, plus its BentoML tag and the size limits
 - GET /ui/        a page to draw or upload a digit and see what the model makes of it
                   (serving/ui.py, serving/static/)
@@ -51,7 +51,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from serving import metrics, preprocess, ui
 from serving.batching import MicroBatcher
 from serving.bentoml_adapter import APIMethod, MediaType, Schema
-from serving.contract import IMAGE_SIDE, MODEL_NAME
+from serving.contract import IMAGE_SIDE, MODEL_NAME, PIXEL_LEVELS
 from serving.guard import FORM, RequestGuard
 from serving.preprocess import BadInput, PixelDtype
 from serving.requests import RequestLog, install_filters
@@ -82,14 +82,24 @@ BATCH_ROWS = prometheus_client.Histogram(
 )
 
 
+UNSURE = (
+    "the top probability is below the model's unsure threshold (model_info's "
+    "`unsure_below`): a guess, not an answer to rely on"
+)
+
+
 class Prediction(BaseModel):
     labels: list[int] = Field(description="Most likely digit for each input, in order")
-    probabilities: list[list[float]] = Field(description="N rows of 10 class probabilities")
+    probabilities: list[list[float]] = Field(
+        description="N rows of 10 class probabilities, calibrated on the validation split"
+    )
+    unsure: list[bool] = Field(description=f"For each input, true when {UNSURE}")
 
 
 class ImagePrediction(BaseModel):
     label: int
-    probabilities: list[float] = Field(description="10 class probabilities")
+    probabilities: list[float] = Field(description="10 class probabilities, calibrated")
+    unsure: bool = Field(description=f"True when {UNSURE}")
     preprocessed: list[list[int]] = Field(
         description="The 28x28 image the model saw: rows of grey levels 0-255, light ink on black"
     )
@@ -176,6 +186,8 @@ class MNISTClassifier:
         # Everything loaded so far (BentoML, pydantic, ONNX Runtime) lives as long as the
         # worker. A full garbage collection would walk all of it, pausing the event loop
         # for every request in flight; frozen, collections skip it.
+        # Older models carry no threshold: nothing is flagged.
+        self.unsure_below = float(self.runner.info.get("unsure_below", 0.0))
         gc.freeze()
 
     @bentoml.api
@@ -212,7 +224,9 @@ class MNISTClassifier:
         probabilities = await self.batcher(pixels)  # (N, 10)
         metrics.answered("/predict", probabilities)
         return Prediction(
-            labels=probabilities.argmax(axis=1).tolist(), probabilities=probabilities.tolist()
+            labels=probabilities.argmax(axis=1).tolist(),
+            probabilities=probabilities.tolist(),
+            unsure=(probabilities.max(axis=1) < self.unsure_below).tolist(),
         )
 
     @ImageUploadAPI
@@ -228,13 +242,16 @@ class MNISTClassifier:
             digit = await asyncio.to_thread(preprocess.digit_from_image, image)  # (28, 28) uint8
         except BadInput as error:
             raise rejected("predict_image", error) from None
-        pixels = digit.astype(np.float32).reshape(1, 1, IMAGE_SIDE, IMAGE_SIDE) / np.float32(255)
+        pixels = digit.astype(np.float32).reshape(1, 1, IMAGE_SIDE, IMAGE_SIDE) / np.float32(
+            PIXEL_LEVELS
+        )
         batch = await self.batcher(pixels)  # (1, 10)
         metrics.answered("/predict_image", batch)
         probabilities = batch[0]
         return ImagePrediction(
             label=int(probabilities.argmax()),
             probabilities=probabilities.tolist(),
+            unsure=bool(probabilities.max() < self.unsure_below),
             preprocessed=digit.tolist(),
         )
 

@@ -89,6 +89,11 @@ def test_promote_picks_best_validation_and_package_builds_a_bento(project, first
     assert bento["bento"] in listed.stdout
     card = (project.path / "reports/package/model_card.md").read_text()
     assert decision["candidate"] in card and "Limits" in card
+    calibrated = json.loads(
+        (project.path / f"models/{decision['candidate']}/calibration.json").read_text()
+    )
+    assert f"softmax(logits / {calibrated['temperature']:.3f})" in card
+    assert "expected calibration error on test" in card
 
 
 def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repro):
@@ -116,7 +121,10 @@ def test_served_bento_answers_exactly_what_evaluate_computed(project, first_repr
         assert response.status_code == 200, response.text
         answer = response.json()
         assert answer["labels"] == labels.tolist()
+        # The calibrated probabilities, as evaluate computed them.
         np.testing.assert_allclose(np.array(answer["probabilities"]), probs, atol=1e-5)
+        threshold = float(project.params()["serve"]["unsure_below"])
+        assert answer["unsure"] == (probs.max(axis=1) < threshold).tolist()
         info = httpx.post(f"{url}/model_info", json={}, timeout=10).json()
         assert info["registry_version"] == bento["registry_version"]
         assert info["candidate"] == candidate

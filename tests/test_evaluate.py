@@ -10,7 +10,7 @@ import torch
 from sklearn.decomposition import PCA
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from pipeline import atomic, inference, models
+from pipeline import inference, models
 from pipeline.params import TrainParams, load_section
 from pipeline.stages.evaluate import (
     confusion,
@@ -57,13 +57,9 @@ def test_pictures_for_a_network_with_and_without_its_own_input_stretch(name, tmp
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, 40)
-    atomic.write_csv(tmp_path / "iterations.csv", ["loss"], [[2.3], [1.1]])
-    atomic.write_csv(
-        tmp_path / "history.csv", ["epoch", "val_correct", "val_accuracy"], [[1, 30, 0.75]]
-    )
     out = tmp_path / "out"
     out.mkdir()
     pixels = inference.to_pixels(images)
     assert penultimate(predictor, pixels).shape == (40, 128)  # the dense layer's units
-    write_pictures(name, out, predictor, pixels, images, labels, labels, tmp_path, 16, 0)
+    write_pictures(name, out, predictor, pixels, images, labels, labels, 16, 0)
     assert {p.name for p in out.iterdir()} >= {"weights.png", "embedding.png", "confusion.png"}

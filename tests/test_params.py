@@ -12,6 +12,7 @@ from pipeline.params import (
     NormaliseParams,
     ParamsError,
     PromoteParams,
+    ServeParams,
     SplitParams,
     TrainParams,
     candidate_from_logged,
@@ -27,6 +28,7 @@ SECTIONS = {
     "evaluate": EvaluateParams,
     "mlflow": MlflowParams,
     "promote": PromoteParams,
+    "serve": ServeParams,
 }
 
 
@@ -122,6 +124,12 @@ def write_with(tmp_path, edit):
             lambda p: p["train"].update(enabled=["mlp128", "resnet9000"]),
             "train",
             "resnet9000",
+        ),
+        (
+            "serve",
+            lambda p: p["serve"].update(unsure_below=1.5),
+            "serve.unsure_below",
+            "less than 1",
         ),
         (
             "train",

@@ -37,6 +37,8 @@ def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
         "candidate": name,
         "val_accuracy": val,
         "test_accuracy": test,
+        "test_ece": 0.012,
+        "test_ece_uncalibrated": 0.05,
         "parameters": 7850,
         "multiply_adds": 7840,
         "run_id": run.info.run_id,
@@ -92,6 +94,7 @@ def test_promotion_story(store, runs):
     version = registry.client().get_model_version(NAME, better["version"])
     assert version.tags["candidate"] == "better" and version.tags["git_commit"] == "abc"
     assert float(version.tags["val_accuracy"]) == 0.97
+    assert float(version.tags["test_ece"]) == 0.012  # the card quotes it from here
 
     # Not enough improvement under min_improvement: kept.
     slight = decide(store, [runs["slightly"]], min_improvement=0.01)

@@ -1,17 +1,17 @@
 """evaluate: the one and only reading of the test split, for one candidate.
 
-In: ``--candidate NAME``; its ``weights.safetensors``, ``iterations.csv`` and
-``history.csv`` from train; ``test.npz`` from split (raw uint8 pixels, fed through the
-same ``Predictor`` the service uses); ``stats.json``. Out, in ``--out``: ``metrics.json``
-(accuracy, loss, per-class precision/recall/F1), ``confusion.csv`` (one row per test
+In: ``--candidate NAME``; its ``weights.safetensors`` and ``calibration.json`` (the
+temperature fitted on validation) from train; ``test.npz`` from split (raw uint8 pixels,
+fed through the same calibrated ``Predictor`` the service uses); ``stats.json``. Out, in
+``--out``: ``metrics.json`` (accuracy, loss, per-class precision/recall/F1, the expected
+calibration error with and without the temperature), ``confusion.csv`` (one row per test
 digit, for ``dvc plots``' confusion template), ``classes.csv``, ``predictions.npz``
-(labels and probabilities, the reference for serving) and PNGs. The record stage adds
-them to the candidate's MLflow run.
+(labels and probabilities, the reference for serving) and PNGs of the test digits. The
+record stage adds them to the candidate's MLflow run.
 """
 
 from __future__ import annotations
 
-import csv
 import time
 from pathlib import Path
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline import atomic, cli, distributed, inference, models, plots, runtime
+from pipeline import atomic, calibration, cli, distributed, inference, models, plots, runtime
 from pipeline.params import EvaluateParams, TrainParams, load_section
 
 
@@ -79,16 +79,7 @@ def penultimate(predictor: inference.Predictor, pixels: torch.Tensor) -> np.ndar
 
 
 def write_pictures(
-    name: str,
-    out: Path,
-    predictor,
-    pixels,
-    images,
-    labels,
-    pred,
-    train_dir,
-    grid_size: int,
-    seed: int,
+    name: str, out: Path, predictor, pixels, images, labels, pred, grid_size: int, seed: int
 ) -> None:
     mistakes = np.flatnonzero(pred != labels)[:grid_size]
     plots.save_digit_grid(
@@ -112,17 +103,6 @@ def write_pictures(
     subset = sample if len(sample) >= 500 else np.arange(min(2000, len(labels)))
     points = principal_components(penultimate(predictor, pixels[subset]))
     plots.save_embedding(points, labels[subset], out / "embedding.png", name)
-    with open(train_dir / "iterations.csv") as f:
-        losses = [float(row["loss"]) for row in csv.DictReader(f)]
-    plots.save_iteration_loss(losses, out / "iterations.png", name)
-    with open(train_dir / "history.csv") as f:
-        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
-    plots.save_val_correct(
-        rows,
-        out / "val_correct.png",
-        name,
-        int(rows[0]["val_correct"] / max(rows[0]["val_accuracy"], 1e-9) + 0.5),
-    )
     layers = [
         m.weight.detach().numpy()
         for m in models.members(predictor.net)[0]
@@ -139,8 +119,9 @@ def main(args) -> None:
     device = distributed.resolve_device(train_params.device)  # the train stage's rule
     distributed.exact_float32(device)
     stats = atomic.read_json(args.stats)
+    temperature = atomic.read_json(args.model / "calibration.json")["temperature"]
     predictor = inference.load_predictor(
-        candidate, args.model / "weights.safetensors", stats, channels_last=True
+        candidate, args.model / "weights.safetensors", stats, True, temperature
     )
     test = atomic.read_npz(args.test)
     images, labels = test["images"], test["labels"]
@@ -149,9 +130,16 @@ def main(args) -> None:
     started = time.perf_counter()
     probs = inference.in_batches(predictor.to(device), pixels, params.batch_size, device).numpy()
     seconds = time.perf_counter() - started
+    # The same network at temperature 1: how far off its probabilities were uncalibrated.
+    plain = inference.Predictor(predictor.net, stats["mean"], stats["std"], len(predictor.shifts))
+    plain_probs = inference.in_batches(plain, pixels, params.batch_size, device).numpy()
     predictor = predictor.cpu()  # the pictures' features on the CPU
     pred = probs.argmax(1)
-    metrics = score(probs, labels)
+    metrics = score(probs, labels) | {
+        "temperature": temperature,
+        "ece": calibration.expected_calibration_error(probs, labels),
+        "ece_uncalibrated": calibration.expected_calibration_error(plain_probs, labels),
+    }
     out: Path = args.out
 
     atomic.write_json(out / "metrics.json", metrics)
@@ -177,7 +165,6 @@ def main(args) -> None:
         images,
         labels,
         pred,
-        args.model,
         params.grid_size,
         train_params.seed,
     )

@@ -38,6 +38,7 @@ from pipeline.params import (
     Candidate,
     MlflowParams,
     PromoteParams,
+    ServeParams,
     candidate_from_logged,
     load_section,
 )
@@ -46,10 +47,13 @@ from serving.contract import MODEL_NAME, store_model
 ROOT = Path(__file__).resolve().parents[2]  # the build context: bentofile paths start here
 BENTOFILE = ROOT / "serving" / "bentofile.yaml"
 CALIBRATION_IMAGES = 1024  # the first of train.npz: its order is already shuffled
+UNCALIBRATED = {"temperature": 1.0, "thresholds": []}  # a run trained before calibration
 
 
-def run_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path]:
-    """Download a run's weights and settings (what the train stage logged)."""
+def run_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path, dict]:
+    """Download a run's weights and settings (what the train stage logged): the candidate,
+    the normalisation stats, the weights' path and its calibration (a temperature of 1
+    and no thresholds for a run trained before calibration was fitted)."""
     import mlflow
 
     train_dir = Path(
@@ -59,15 +63,22 @@ def run_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path]:
     )
     candidate = candidate_from_logged(json.loads((train_dir / "candidate.json").read_text()))
     stats = json.loads((train_dir / "stats.json").read_text())
-    return candidate, stats, train_dir / "weights.safetensors"
+    calibrated = train_dir / "calibration.json"
+    calibration = json.loads(calibrated.read_text()) if calibrated.exists() else UNCALIBRATED
+    return candidate, stats, train_dir / "weights.safetensors", calibration
 
 
-def exported(run_id: str, test: Path, quantize: str, calibration: Path) -> tuple[bytes, dict, dict]:
-    """(the ONNX bytes to serve, the checks they passed, normalisation stats) of a run's
-    model: the float export, or its int8 quantization."""
+def exported(
+    run_id: str, test: Path, quantize: str, calibration: Path
+) -> tuple[bytes, dict, dict, dict]:
+    """(the ONNX bytes to serve, the checks they passed, normalisation stats, the
+    temperature calibration) of a run's model: the float export, or its int8
+    quantization; its probabilities are the calibrated ones, as evaluate's."""
     with tempfile.TemporaryDirectory() as tmp:
-        candidate, stats, weights = run_files(run_id, Path(tmp))
-        predictor = inference.load_predictor(candidate, weights, stats)
+        candidate, stats, weights, calibrated = run_files(run_id, Path(tmp))
+        predictor = inference.load_predictor(
+            candidate, weights, stats, temperature=calibrated["temperature"]
+        )
     onnx_bytes = export.export_onnx(predictor)
     arrays = atomic.read_npz(test)
     pixels = inference.to_pixels(arrays["images"])
@@ -79,7 +90,7 @@ def exported(run_id: str, test: Path, quantize: str, calibration: Path) -> tuple
         check["int8"] = export.check_quantized(
             onnx_bytes, float_bytes, pixels.numpy(), arrays["labels"]
         )
-    return onnx_bytes, check, stats
+    return onnx_bytes, check, stats, calibrated
 
 
 def quantization_line(check: dict) -> str:
@@ -168,10 +179,37 @@ from a stratified validation split carved from them. Selected by validation accu
 ONNX Runtime agrees with torch on all {check["images"]} test images (max probability
 difference {check["max_probability_diff"]:.1e}). {quantization_line(check)}
 
+{calibration_paragraph(info)}
+
 {robustness}**Limits.** Trained only on centred, size-normalised digits from American writers in the
 1990s: other scripts, letters, several digits in one image, or photos with clutter are
-out of scope and still get a confident-looking answer. Probabilities are not calibrated.
+out of scope; the unsure flag catches some of them, not all.
 """
+
+
+def calibration_paragraph(info: dict) -> str:
+    """What the probabilities mean: the temperature, test ECE before and after it, and the
+    unsure threshold with what it did on validation."""
+    metrics, unsure = info["metrics"], info["unsure_on_validation"]
+    if "test_ece" not in metrics:
+        return "**Calibration.** None: this version was trained before calibration was fitted."
+    text = (
+        f"**Calibration.** Probabilities are softmax(logits / {info['temperature']:.3f}), the "
+        "temperature fitted on the validation split; expected calibration error on test "
+        f"{metrics['test_ece_uncalibrated']:.4f} without it, {metrics['test_ece']:.4f} with it. "
+        f"An answer whose top probability is below {info['unsure_below']} says `unsure`"
+    )
+    if unsure is None:
+        return text + "."
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f} %"
+
+    return text + (
+        f": on validation, {percent(unsure['unsure_share'])} of digits, of which "
+        f"{percent(unsure['unsure_accuracy'])} were right (the others: "
+        f"{percent(unsure['sure_accuracy'])})."
+    )
 
 
 def source_digest() -> str:
@@ -245,8 +283,9 @@ def build_bento(model_tag: str, card: Path, out: Path, labels: dict[str, str]) -
     return result.stdout.strip().splitlines()[-1].removeprefix("__tag__:")
 
 
-def info_of(name: str, version, stats: dict) -> dict:
-    """What the service's /model_info says about the packaged registry version."""
+def info_of(name: str, version, stats: dict, calibrated: dict, unsure_below: float) -> dict:
+    """What the service's /model_info says about the packaged registry version; the
+    service flags an answer unsure below ``unsure_below``."""
     run = registry.client().get_run(version.run_id)
     return {
         "registry_model": name,
@@ -261,16 +300,27 @@ def info_of(name: str, version, stats: dict) -> dict:
         "metrics": {
             "val_accuracy": float(version.tags["val_accuracy"]),
             "test_accuracy": float(version.tags["test_accuracy"]),
+            # Versions registered before calibration carry no ECE.
+            **{
+                key: float(version.tags[key])
+                for key in ("test_ece", "test_ece_uncalibrated")
+                if key in version.tags
+            },
         },
         "normalisation": stats,
+        "temperature": calibrated["temperature"],
+        "unsure_below": unsure_below,
+        "unsure_on_validation": next(
+            (row for row in calibrated["thresholds"] if row["threshold"] == unsure_below), None
+        ),
     }
 
 
-def record(decision: dict, args, quantize: str) -> None:
+def check_only(decision: dict, args, quantize: str) -> None:
     """In an experiment's temporary copy: export and check what promote chose, store
     and build nothing."""
     out: Path = args.out
-    onnx_bytes, check, _ = exported(decision["run_id"], args.test, quantize, args.calibration)
+    onnx_bytes, check, _, _ = exported(decision["run_id"], args.test, quantize, args.calibration)
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
     atomic.write_text(
         out / "model_card.md",
@@ -303,11 +353,12 @@ agrees with torch on all {check["images"]} test images. {quantization_line(check
 
 def main(args) -> None:
     promote_params = load_section(args.params, "promote", PromoteParams)
+    serve_params = load_section(args.params, "serve", ServeParams)
     tracking.setup(load_section(args.params, "mlflow", MlflowParams))
     decision = atomic.read_json(args.decision)
     out: Path = args.out
     if not tracking.in_workspace():
-        record(decision, args, promote_params.quantize)
+        check_only(decision, args, promote_params.quantize)
         return
     name = promote_params.registered_model
     version = registry.current_champion(name)
@@ -319,11 +370,13 @@ def main(args) -> None:
             f"version {decision.get('champion_version')} (moved since, e.g. by --rollback): "
             f"packaging version {version.version}"
         )
-    onnx_bytes, check, stats = exported(
+    onnx_bytes, check, stats, calibrated = exported(
         version.run_id, args.test, promote_params.quantize, args.calibration
     )
     onnx_sha256 = hashlib.sha256(onnx_bytes).hexdigest()
-    info = info_of(name, version, stats) | {"onnx_sha256": onnx_sha256}
+    info = info_of(name, version, stats, calibrated, serve_params.unsure_below) | {
+        "onnx_sha256": onnx_sha256
+    }
     atomic.write_bytes(out / "model.onnx", onnx_bytes)
     card = model_card(
         info,

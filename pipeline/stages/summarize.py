@@ -31,6 +31,7 @@ COLUMNS = [
     "candidate",
     "val_accuracy",
     "test_accuracy",
+    "test_ece",
     "parameters",
     "multiply_adds",
     "epochs",
@@ -72,6 +73,8 @@ def row(name: str, models: Path, reports: Path) -> dict:
         "candidate": name,
         "val_accuracy": trained["val_accuracy"],
         "test_accuracy": tested["test_accuracy"],
+        "test_ece": tested["ece"],
+        "test_ece_uncalibrated": tested["ece_uncalibrated"],
         "parameters": trained["parameters"],
         "multiply_adds": trained["multiply_adds"],
         "epochs": trained["epochs"],
@@ -144,7 +147,9 @@ def main(args) -> None:
     for name, card in cards.items():
         atomic.write_json(args.scores / f"{name}.json", card)
     atomic.write_json(out / "summary.json", {row["candidate"]: row for row in rows})
-    atomic.write_csv(out / "summary.csv", COLUMNS, ([row[c] for c in COLUMNS] for row in rows))
+    atomic.write_csv(
+        out / "summary.csv", COLUMNS, ([row[column] for column in COLUMNS] for row in rows)
+    )
     atomic.write_csv(out / "history.csv", ["candidate", *HISTORY], history_rows(names, args.models))
     atomic.write_csv(
         out / "confusion.csv",

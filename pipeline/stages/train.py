@@ -5,8 +5,9 @@ In: ``--candidate NAME``; the ``train`` and ``mlflow`` params; normalised ``trai
 ``weights.safetensors`` (the network's state_dict, no pickle), ``history.csv`` (train and
 validation loss/accuracy per epoch), ``iterations.csv`` (loss per optimiser step),
 ``metrics.json`` (final validation metrics: deterministic for fixed params),
-``curves.png`` and ``run.json`` (the MLflow run id and timings, which evaluate reuses to
-log into the same run).
+``calibration.json`` (the temperature fitted on the validation split, pipeline/calibration.py),
+``curves.png``, ``iterations.png``, ``val_correct.png`` and ``run.json`` (the MLflow run id
+and timings, which the record stage reads to add evaluation and robustness to the run).
 
 On ``train.device`` (a GPU when there is one); with ``train.processes`` > 1 the stage
 runs itself again under torchrun, data-parallel. Started by torchrun directly (several
@@ -29,6 +30,7 @@ from safetensors.torch import save as save_safetensors
 
 from pipeline import (
     atomic,
+    calibration,
     cli,
     distributed,
     faults,
@@ -43,10 +45,10 @@ from pipeline.errors import StageError
 from pipeline.params import MlflowParams, TrainParams, load_section
 
 
-def flat_params(name: str, c, seed: int, data: training.Data) -> dict:
+def flat_params(name: str, candidate, seed: int, data: training.Data) -> dict:
     """The candidate's own settings as MLflow params (``augment.max_shift``, ...)."""
     flat = {"candidate": name, "seed": seed, "n_train": len(data.y_train), "n_val": len(data.y_val)}
-    for key, value in c.model_dump().items():
+    for key, value in candidate.model_dump().items():
         if isinstance(value, dict):
             flat.update({f"{key}.{k}": v for k, v in value.items()})
         else:
@@ -69,7 +71,12 @@ def final_metrics(
 
 
 def write_outputs(
-    out: Path, net: torch.nn.Module, history: training.History, final: dict, name: str
+    out: Path,
+    net: torch.nn.Module,
+    history: training.History,
+    final: dict,
+    calibrated: dict,
+    name: str,
 ) -> None:
     weights = save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()})
     atomic.write_bytes(out / "weights.safetensors", weights)
@@ -82,7 +89,11 @@ def write_outputs(
         enumerate(history.steps, start=1) if history.steps else [(0, float("nan"))],
     )
     atomic.write_json(out / "metrics.json", final)
+    atomic.write_json(out / "calibration.json", calibrated)
     plots.save_curves(history.epochs, out / "curves.png", name)
+    plots.save_iteration_loss(history.steps, out / "iterations.png", name)
+    n_val = history.epochs[-1]["val_correct"] / max(final["val_accuracy"], 1e-9)
+    plots.save_val_correct(history.epochs, out / "val_correct.png", name, round(n_val))
 
 
 def argv_of(args) -> list[str]:
@@ -101,18 +112,18 @@ def argv_of(args) -> list[str]:
 def main(args) -> None:
     params = load_section(args.params, "train", TrainParams)
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
-    c = params.candidate(args.candidate)
-    if c.is_torch and params.processes > 1 and not distributed.under_torchrun():
+    candidate = params.candidate(args.candidate)
+    if candidate.is_torch and params.processes > 1 and not distributed.under_torchrun():
         relaunch(args, params.processes)
         return
     # logreg is scikit-learn's: on the CPU, in one process.
     context = (
         distributed.start(params.device, params.precision)
-        if c.is_torch
+        if candidate.is_torch
         else distributed.Context(torch.device("cpu"))
     )
     try:
-        train(args, params, mlflow_params, c, context)
+        train(args, params, mlflow_params, candidate, context)
     finally:
         distributed.finish(context)
 
@@ -128,29 +139,33 @@ def relaunch(args, processes: int) -> None:
 
 
 def train(
-    args, params: TrainParams, mlflow_params: MlflowParams, c, context: distributed.Context
+    args, params: TrainParams, mlflow_params: MlflowParams, candidate, context: distributed.Context
 ) -> None:
     faults.point("train.start")
-    threads = runtime.set_threads(params.threads, c, processes=context.world_size)
+    threads = runtime.set_threads(params.threads, candidate, processes=context.world_size)
     torch.manual_seed(params.seed)
-    data = training.load_data(args.data, c, params.seed)
-    net = models.build(c)  # every rank the same seeded initial weights
+    data = training.load_data(args.data, candidate, params.seed)
+    net = models.build(candidate)  # every rank the same seeded initial weights
     if not context.is_main:  # another rank: only the training, no outputs, no MLflow run
-        training.train_torch(net, c, data, params.seed, context=context)
+        training.train_torch(net, candidate, data, params.seed, context=context)
         return
     stats = atomic.read_json(args.data / "stats.json")
-    logged = run_params(args.candidate, c, params.seed, data, threads, context)
-    with recorded_run(args, mlflow_params, c, logged, data) as recorder:
-        history, clf = fit(net, c, data, params.seed, context, recorder.on_epoch)
-        recorder.stop_clock(images=len(data.y_train) * (c.epochs if c.is_torch else 1))
+    logged = run_params(args.candidate, candidate, params.seed, data, threads, context)
+    with recorded_run(args, mlflow_params, candidate, logged, data) as recorder:
+        history, clf = fit(net, candidate, data, params.seed, context, recorder.on_epoch)
+        recorder.stop_clock(
+            images=len(data.y_train) * (candidate.epochs if candidate.is_torch else 1)
+        )
         # Back on the CPU, whatever trained it: the final validation, the weights, the
         # logged model and everything after are the same on every device.
         net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
-        predictor = inference.make_predictor(c, net, stats)
-        final = final_metrics(history, final_validation(c, net, stats, data), data.y_val, net)
-        recorder.log_final(final)
-        write_outputs(args.out, net, history, final, args.candidate)
-        recorder.log_outputs(args.out, c, stats, predictor, clf)
+        predictor = inference.make_predictor(candidate, net, stats)
+        val_probs, val_logits = final_validation(candidate, net, stats, data)
+        final = final_metrics(history, val_probs, data.y_val, net)
+        calibrated = calibration.report(val_logits, data.y_val)
+        recorder.log_final(final, calibrated)
+        write_outputs(args.out, net, history, final, calibrated, args.candidate)
+        recorder.log_outputs(args.out, candidate, stats, predictor, clf)
     # Last, once the run has ended: run.json holds its end time.
     atomic.write_json(args.out / "run.json", recorder.run_json(args.candidate, threads))
     print(
@@ -162,7 +177,7 @@ def train(
 
 def fit(
     net: torch.nn.Module,
-    c,
+    candidate,
     data: training.Data,
     seed: int,
     context: distributed.Context,
@@ -170,28 +185,34 @@ def fit(
 ):
     """Train ``net`` in place: (its History, scikit-learn's fitted model for logreg or
     None)."""
-    if c.is_torch:
-        return training.train_torch(net, c, data, seed, on_epoch=on_epoch, context=context), None
-    clf, history, _ = training.train_logreg(c, data, seed, net=net)
+    if candidate.is_torch:
+        return training.train_torch(
+            net, candidate, data, seed, on_epoch=on_epoch, context=context
+        ), None
+    clf, history, _ = training.train_logreg(candidate, data, seed, net=net)
     return history, clf
 
 
-def final_validation(c, net: torch.nn.Module, stats: dict, data: training.Data) -> torch.Tensor:
-    """The final model's (with its TTA) validation probabilities, (N, 10): CNNs in
-    channels_last, on a copy, on one thread, for the same bytes on every run. On two, a
-    CNN's validation loss has been seen to move in its last digits now and then from the
-    same weights, the work split between the threads differently (while MLflow's
-    system-metrics thread samples, it seems)."""
-    checker = inference.make_predictor(c, copy.deepcopy(net), stats, channels_last=True)
+def final_validation(
+    candidate, net: torch.nn.Module, stats: dict, data: training.Data
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final model's validation probabilities (N, 10), with its TTA, and the logits
+    they come from (V, N, 10) for the calibration: CNNs in channels_last, on a copy, on
+    one thread, for the same bytes on every run. On two, a CNN's validation loss has been
+    seen to move in its last digits now and then from the same weights, the work split
+    between the threads differently (while MLflow's system-metrics thread samples, it
+    seems)."""
+    checker = inference.make_predictor(candidate, copy.deepcopy(net), stats, channels_last=True)
     with runtime.one_thread():
-        return inference.in_batches(checker.from_standardised, data.x_val)
+        logits = inference.view_logits(checker, data.x_val, batch_size=256)
+    return torch.softmax(logits / checker.temperature, dim=-1).mean(0), logits
 
 
 def run_params(
-    name: str, c, seed: int, data: training.Data, threads: int, context: distributed.Context
+    name: str, candidate, seed: int, data: training.Data, threads: int, context: distributed.Context
 ) -> dict:
     """The MLflow params of a run: the candidate's and where it trained."""
-    return flat_params(name, c, seed, data) | {
+    return flat_params(name, candidate, seed, data) | {
         "threads": threads,
         "device": str(context.device),
         "processes": context.world_size,
@@ -226,8 +247,8 @@ class RunRecorder:
             self.epoch_seconds.append(round(self.seconds, 3))
         self.images_per_s = images / self.seconds
 
-    def log_final(self, final: dict) -> None:
-        """The final model's metrics and the training's speed."""
+    def log_final(self, final: dict, calibrated: dict) -> None:
+        """The final model's metrics, its calibration and the training's speed."""
         import mlflow
 
         mlflow.log_metrics(
@@ -239,16 +260,19 @@ class RunRecorder:
                 "train_images_per_s": self.images_per_s,
                 "parameters": final["parameters"],
                 "multiply_adds": final["multiply_adds"],
+                "temperature": calibrated["temperature"],
+                "val_ece_uncalibrated": calibrated["val_ece_before"],
+                "val_ece": calibrated["val_ece_after"],
             }
         )
 
-    def log_outputs(self, out: Path, c, stats: dict, predictor, clf=None) -> None:
+    def log_outputs(self, out: Path, candidate, stats: dict, predictor, clf=None) -> None:
         """The stage's outputs in ``out`` (as ``train/``) and the model."""
         import mlflow
 
         mlflow.log_artifacts(str(out), artifact_path="train")
         # With the weights, these rebuild the exact Predictor (package reads them back).
-        mlflow.log_dict(c.model_dump(), "train/candidate.json")
+        mlflow.log_dict(candidate.model_dump(), "train/candidate.json")
         mlflow.log_dict(stats, "train/stats.json")
         tracking.log_model(predictor, clf)
 
@@ -270,7 +294,7 @@ class RunRecorder:
 
 @contextmanager
 def recorded_run(
-    args, mlflow_params: MlflowParams, c, params: dict, data: training.Data
+    args, mlflow_params: MlflowParams, candidate, params: dict, data: training.Data
 ) -> Iterator[RunRecorder]:
     """The candidate's MLflow run, tagged with its lineage, its ``params`` and datasets
     logged; it ends FINISHED, FAILED on an error or KILLED on SIGTERM or Ctrl-C
@@ -281,7 +305,7 @@ def recorded_run(
     lineage = tracking.lineage_tags(
         {n: args.data / f"{n}.npz" for n in ("train", "val")}, dvc_outs=(args.data,)
     )
-    tags = {"candidate": args.candidate, "arch": c.arch, **lineage}
+    tags = {"candidate": args.candidate, "arch": candidate.arch, **lineage}
     with tracking.training_run(
         experiment_id, args.candidate, tags, mlflow_params.system_metrics
     ) as run:

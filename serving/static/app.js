@@ -78,6 +78,8 @@ function updateBusy() {
 
 function showAnswer(answer, what) {
   $("label").textContent = answer.label;
+  $("label").classList.toggle("guess", answer.unsure === true);
+  $("unsure").hidden = answer.unsure !== true;
   $("source").textContent = `From ${what}.`;
   answer.probabilities.forEach((p, digit) => {
     const percent = `${(100 * p).toFixed(1)}`;
@@ -94,6 +96,8 @@ function showAnswer(answer, what) {
 
 function resetAnswer(note) {
   $("label").textContent = "–";
+  $("label").classList.remove("guess");
+  $("unsure").hidden = true;
   $("source").textContent = note;
   for (const bar of bars) {
     bar.fill.style.width = "0%";

@@ -176,6 +176,11 @@ def check_answer_matches_service(ui: Page, png: bytes) -> dict[str, Any]:
     np.testing.assert_allclose(ui.shown_percentages(), expected, atol=0.051)
     best = ui.page.locator("#bars li.best .digit").all_inner_texts()
     assert best == [str(answer["label"])]
+    unsure = ui.page.locator("#unsure")
+    if answer["unsure"]:  # the cue, exactly when the service says so
+        expect(unsure).to_be_visible()
+    else:
+        expect(unsure).to_be_hidden()
     return answer
 
 
@@ -230,6 +235,24 @@ def test_drawn_digit_gets_its_label(
     assert ui.label() == str(label)
     assert ui.page.inner_text("#source") == "From your drawing."
     check_answer_matches_service(ui, ui.pad_png())
+
+
+def test_a_cross_that_is_no_digit_is_answered_as_a_guess(ui: Page, artifacts: Path) -> None:
+    """A letter X has no right answer: the page says the model is unsure, not a bold digit."""
+    ui.open()
+    box = ui.page.locator("#pad").bounding_box()
+    left, top = box["x"] + 60, box["y"] + 50
+    right, bottom = box["x"] + box["width"] - 60, box["y"] + box["height"] - 50
+    mouse = ui.page.mouse
+    for (x0, y0), (x1, y1) in (((left, top), (right, bottom)), ((right, top), (left, bottom))):
+        mouse.move(x0, y0)
+        mouse.down()
+        mouse.move(x1, y1, steps=12)
+        mouse.up()
+    ui.wait_idle()
+    ui.screenshot(artifacts, "drawn_cross")
+    assert check_answer_matches_service(ui, ui.pad_png())["unsure"]
+    expect(ui.page.locator("#label")).to_have_class("guess")
 
 
 def test_prediction_updates_while_a_stroke_is_still_being_drawn(ui: Page) -> None:
