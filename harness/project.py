@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # run ids, registry versions, Bento tags or timings.
 VARYING = {
     "run.json",
+    "recorded.json",
     "summary.json",
     "summary.csv",
     "decision.json",

@@ -16,7 +16,9 @@ under-confident (T < 1 sharpens it back).
 
 from __future__ import annotations
 
+import copy
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -88,6 +90,15 @@ def thresholds(probs: np.ndarray, labels: np.ndarray) -> list[dict]:
             }
         )
     return rows
+
+
+def tempered(clf: Any, temperature: float) -> Any:
+    """A copy of a fitted multinomial logistic regression whose predict_proba is
+    softmax(logits / temperature): its weights and intercepts divided by it."""
+    scaled = copy.deepcopy(clf)
+    scaled.coef_ = clf.coef_ / temperature
+    scaled.intercept_ = clf.intercept_ / temperature
+    return scaled
 
 
 def report(logits: torch.Tensor, labels: torch.Tensor) -> dict:

@@ -59,3 +59,15 @@ def test_the_predictor_divides_each_views_logits_by_its_temperature() -> None:
         assert torch.equal(plain(pixels), torch.softmax(logits, 1))  # 1: unchanged, bit for bit
         torch.testing.assert_close(warm(pixels), torch.softmax(logits / 2.5, 1))
         assert torch.equal(warm(pixels).argmax(1), plain(pixels).argmax(1))
+
+
+def test_a_tempered_logistic_regression_answers_softmax_of_its_logits_over_t(rng) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x = rng.normal(size=(300, 5))
+    y = (x[:, 0] * 3 + rng.normal(size=300)).round().clip(-2, 2).astype(int) + 2
+    clf = LogisticRegression(max_iter=200).fit(x, y)
+    warm = calibration.tempered(clf, 2.0)
+    logits = torch.from_numpy(clf.decision_function(x))
+    np.testing.assert_allclose(warm.predict_proba(x), torch.softmax(logits / 2.0, 1).numpy())
+    assert (warm.predict(x) == clf.predict(x)).all() and clf.coef_ is not warm.coef_

@@ -184,6 +184,7 @@ def test_the_readmes_dvc_commands_rerun_one_candidate_and_print_within_120_colum
         "train@mlp128",
         "evaluate@mlp128",
         "robustness@mlp128",
+        "record",
         "summarize",
         "promote",
         "package",

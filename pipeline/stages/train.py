@@ -159,12 +159,15 @@ def train(
         # Back on the CPU, whatever trained it: the final validation, the weights, the
         # logged model and everything after are the same on every device.
         net = net.to(device="cpu", memory_format=torch.contiguous_format).eval()
-        predictor = inference.make_predictor(candidate, net, stats)
         val_probs, val_logits = final_validation(candidate, net, stats, data)
         final = final_metrics(history, val_probs, data.y_val, net)
         calibrated = calibration.report(val_logits, data.y_val)
         recorder.log_final(final, calibrated)
         write_outputs(args.out, net, history, final, calibrated, args.candidate)
+        # The logged model answers as evaluate and the service do: calibrated.
+        temperature = calibrated["temperature"]
+        predictor = inference.make_predictor(candidate, net, stats, temperature=temperature)
+        clf = calibration.tempered(clf, temperature) if clf is not None else None
         recorder.log_outputs(args.out, candidate, stats, predictor, clf)
     # Last, once the run has ended: run.json holds its end time.
     atomic.write_json(args.out / "run.json", recorder.run_json(args.candidate, threads))
