@@ -215,6 +215,15 @@ class TrainParams(Section):
         }
 
 
+class EnabledParams(Section):
+    """``train.enabled`` alone, for the stages that compare the candidates' outputs
+    (record, summarize) and build no network: they neither read nor validate the
+    candidates' settings, which the train stages do."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)
+    enabled: list[str] = Field(min_length=1)
+
+
 class EvaluateParams(Section):
     batch_size: PosInt
     grid_size: Annotated[int, Field(ge=1, le=400)]  # digits in each image grid

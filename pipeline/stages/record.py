@@ -22,7 +22,7 @@ from pathlib import Path
 
 from pipeline import atomic, cli, faults, tracking
 from pipeline.errors import StageError
-from pipeline.params import MlflowParams, TrainParams, load_section
+from pipeline.params import EnabledParams, MlflowParams, load_section
 
 RECORDED_TAG = "recorded_sha256"
 
@@ -84,7 +84,7 @@ def gather(name: str, models: Path, reports: Path, robustness: Path) -> dict:
 
 
 def main(args) -> None:
-    params = load_section(args.params, "train", TrainParams)
+    params = load_section(args.params, "train", EnabledParams)
     mlflow_params = load_section(args.params, "mlflow", MlflowParams)
     gathered = {
         name: gather(name, args.models, args.reports, args.robustness) for name in params.enabled

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pipeline import atomic, cli
 from pipeline.errors import StageError
-from pipeline.params import TrainParams, load_section
+from pipeline.params import EnabledParams, load_section
 
 COLUMNS = [
     "candidate",
@@ -139,7 +139,7 @@ def robustness_rows(names: list[str], robustness: Path) -> list[list[str]]:
 
 
 def main(args) -> None:
-    params = load_section(args.params, "train", TrainParams)
+    params = load_section(args.params, "train", EnabledParams)
     rows = summarize(params.enabled, args.models, args.reports)
     names = [row["candidate"] for row in rows]  # best first: plots list them in this order
     cards = {name: scores(row, args.robustness) for name, row in zip(names, rows, strict=True)}
