@@ -386,10 +386,15 @@ def main(args) -> None:
     )
     atomic.write_text(out / "model_card.md", card)
     registry.describe(name, version.version, card)
+    # The info is part of what is served (/model_info, the unsure threshold): a stored
+    # model is reused only if it holds the same graph and the same info, so that another
+    # clone's store (its own registry, run ids, settings) never hands back a stale one.
+    info_sha256 = hashlib.sha256(json.dumps(info, sort_keys=True).encode()).hexdigest()
     labels = {
         "candidate": info["candidate"],
         "registry_version": info["registry_version"],
         "onnx_sha256": onnx_sha256,
+        "info_sha256": info_sha256,
     }
     faults.point("package.exported")  # exported and checked, nothing stored yet
     model_ref = stored_model(onnx_bytes, info, labels)
