@@ -100,10 +100,12 @@ def credentials(folder: Path) -> dict[str, str]:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(
+                # Hex: a URL-safe token can start with "-", which a command line such as
+                # `dvc remote modify ... secret_access_key VALUE` reads as an option.
                 {
-                    "db_password": secrets.token_urlsafe(18),
+                    "db_password": secrets.token_hex(18),
                     "s3_key": "mnist" + secrets.token_hex(6),
-                    "s3_secret": secrets.token_urlsafe(24),
+                    "s3_secret": secrets.token_hex(24),
                 },
                 f,
                 indent=2,
