@@ -4,6 +4,8 @@ Measures, each for --duration seconds at --concurrency connections:
 - single-digit /predict, JSON list body and base64 body: req/s, p50, p99; then the base64
   case again with batching off (MNIST_MAX_BATCH=1), with BentoML's access log off, and
   with 1 worker of 2 ONNX Runtime threads;
+- the record of served digits (serving/served_log.py): the base64 case on the default
+  server (record on) and on one with MNIST_SERVED_LOG=0, alternating runs;
 - one /predict of 10,000 digits, base64 and JSON list: median of 5;
 - /predict_image with a 200x200 PNG of a real digit: req/s.
 
@@ -199,6 +201,8 @@ def png_of(digit: np.ndarray, size: int = 200) -> bytes:
 
 
 SECTION = "Serving"
+JSON = "application/json"
+SERVED_LOG_ROUNDS = 3
 
 
 @contextmanager
@@ -313,7 +317,11 @@ def run_all(
     if shutil.which("wrk") is None:
         sys.exit("this benchmark needs wrk: apt-get install -y wrk")
     workdir = Path(tempfile.mkdtemp(prefix="serving_bench_"))
-    env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true"}
+    env = {
+        **os.environ,
+        "BENTOML_DO_NOT_TRACK": "true",
+        "MNIST_SERVED_LOG_DIR": str(workdir / "served_log"),
+    }
     tag, onnx_path = model_to_serve(env, workdir, model_tag)
     env["MNIST_MODEL_TAG"] = tag
 
@@ -342,9 +350,8 @@ def run_all(
         "target",
     )
 
-    def load(
-        label: str, server: Server, route: str, body: Path, content_type: str, target: str
-    ) -> None:
+    def measure(server: Server, route: str, body: Path, content_type: str):
+        """One wrk run: its result, the server's CPU ms a request, digits a model run."""
         runs_before, rows_before = batch_counts(server.url)
         cpu_before = server.cpu_seconds()
         result = wrk(
@@ -358,6 +365,12 @@ def run_all(
         cpu_ms = (server.cpu_seconds() - cpu_before) * 1000 / max(result.requests, 1)
         runs_after, rows_after = batch_counts(server.url)
         runs, rows = runs_after - runs_before, rows_after - rows_before
+        return result, cpu_ms, (f"{rows / runs:.1f}" if runs else "(not counted)")
+
+    def load(
+        label: str, server: Server, route: str, body: Path, content_type: str, target: str
+    ) -> None:
+        result, cpu_ms, per_run = measure(server, route, body, content_type)
         report.add(
             load_section,
             label,
@@ -365,9 +378,28 @@ def run_all(
             f"{result.p50_ms:.1f} ms",
             f"{result.p99_ms:.1f} ms",
             f"{cpu_ms:.2f} ms",
-            f"{rows / runs:.1f}" if runs else "(not counted)",
+            per_run,
             str(result.errors),
             target,
+        )
+
+    def served_log_cost(server: Server) -> None:
+        """The record of served digits (on by default) against a server with it off,
+        single-digit b64 requests, alternating runs on the two servers."""
+        runs: dict[str, list] = {"on": [], "off": []}
+        with serve({**env, "MNIST_SERVED_LOG": "0"}, workdir / "serve_off.log") as off:
+            for _ in range(SERVED_LOG_ROUNDS):
+                for name, target in (("on", server), ("off", off)):
+                    runs[name].append(measure(target, "/predict", workdir / "b64.json", JSON))
+        rate = {name: statistics.median(r[0].requests_per_s for r in runs[name]) for name in runs}
+        cpu = {name: statistics.median(r[1] for r in runs[name]) for name in runs}
+        report.row(
+            SECTION,
+            f"served-input log (serving/served_log.py): `/predict`, 1 digit, b64 body, on / off "
+            f"(median of {SERVED_LOG_ROUNDS} alternating runs each): req/s; server CPU a request",
+            f"{rate['on']:,.0f} / {rate['off']:,.0f} req/s ({rate['on'] / rate['off'] - 1:+.1%}); "
+            f"{cpu['on']:.3f} / {cpu['off']:.3f} ms ({cpu['on'] / cpu['off'] - 1:+.1%})",
+            "costs ≤ 5 % of throughput",
         )
 
     with serve(env, workdir / "serve.log") as server:
@@ -413,6 +445,8 @@ def run_all(
             "image/png",
             "≥ 300 req/s",
         )
+        if not tiny:
+            served_log_cost(server)
     variants = {
         "batching off": {"MNIST_MAX_BATCH": "1"},
         "access log on": {"MNIST_ACCESS_LOG": "1"},

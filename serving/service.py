@@ -26,6 +26,9 @@ Environment: MNIST_MODEL_TAG; MNIST_ORT_THREADS (ONNX Runtime intra-op threads p
 worker, default 1); MNIST_BULK_ROWS (a run of at least this many digits is split across
 the cores, default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = no batching);
 MNIST_INLINE_ROWS (a model run of at most this many rows stays on the event loop, default 16);
+MNIST_SERVED_LOG (0: no record of served digits; default 1), MNIST_SERVED_LOG_DIR (where
+that record goes, default ./served_log) and MNIST_SERVED_LOG_MAX_MB (its cap per worker,
+default 64): see serving/served_log.py;
 MNIST_WORKERS (worker processes, default 2, one per core); MNIST_MAX_CONCURRENCY (requests
 a worker takes at once, default 64; more get 429); MNIST_REQUESTS_PER_CONNECTION (answers
 before a connection is closed, default 100); MNIST_ACCESS_LOG (1: a line per request).
@@ -48,7 +51,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving import metrics, preprocess, ui
+from serving import metrics, preprocess, served_log, ui
 from serving.batching import MicroBatcher
 from serving.bentoml_adapter import APIMethod, MediaType, Schema
 from serving.contract import IMAGE_SIDE, MODEL_NAME, PIXEL_LEVELS
@@ -72,6 +75,9 @@ MAX_CONCURRENCY = int(os.environ.get("MNIST_MAX_CONCURRENCY", "64"))
 # the workers again (after a restarted worker, say); 0 = never.
 REQUESTS_PER_CONNECTION = int(os.environ.get("MNIST_REQUESTS_PER_CONNECTION", "100"))
 ACCESS_LOG = os.environ.get("MNIST_ACCESS_LOG", "0") == "1"  # a line per request: off by default
+SERVED_LOG = os.environ.get("MNIST_SERVED_LOG", "1") != "0"
+SERVED_LOG_DIR = os.environ.get("MNIST_SERVED_LOG_DIR", "served_log")
+SERVED_LOG_MAX_BYTES = int(float(os.environ.get("MNIST_SERVED_LOG_MAX_MB", "64")) * 2**20)
 MAX_BODY_BYTES = 32 * 2**20  # 10,000 uint8 digits as a JSON list fit; floats need images_b64
 
 # BentoML's /metrics gathers prometheus_client metrics from all workers (multiprocess mode).
@@ -188,7 +194,15 @@ class MNISTClassifier:
         # for every request in flight; frozen, collections skip it.
         # Older models carry no threshold: nothing is flagged.
         self.unsure_below = float(self.runner.info.get("unsure_below", 0.0))
+        self.served = served_log.ServedLog(
+            str(self.model.tag), SERVED_LOG_DIR, SERVED_LOG_MAX_BYTES
+        )
         gc.freeze()
+
+    @bentoml.on_shutdown
+    def write_served_log(self) -> None:
+        """The answers the served-input log still keeps go to its file as the worker stops."""
+        self.served.close()
 
     @bentoml.api
     async def predict(
@@ -223,6 +237,8 @@ class MNISTClassifier:
             raise rejected("predict", error) from None
         probabilities = await self.batcher(pixels)  # (N, 10)
         metrics.answered("/predict", probabilities)
+        if SERVED_LOG:
+            self.served.record("/predict", pixels, probabilities)
         return Prediction(
             labels=probabilities.argmax(axis=1).tolist(),
             probabilities=probabilities.tolist(),
@@ -247,6 +263,8 @@ class MNISTClassifier:
         )
         batch = await self.batcher(pixels)  # (1, 10)
         metrics.answered("/predict_image", batch)
+        if SERVED_LOG:
+            self.served.record("/predict_image", pixels, batch)
         probabilities = batch[0]
         return ImagePrediction(
             label=int(probabilities.argmax()),

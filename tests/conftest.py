@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,15 @@ def mnist(raw_bytes):
         images("t10k-images-idx3-ubyte"),
         labels("t10k-labels-idx1-ubyte"),
     )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def served_log_dir(tmp_path_factory) -> Iterator[Path]:
+    """Where every service this session starts records what it served (never the repo)."""
+    folder = tmp_path_factory.mktemp("served_log")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNIST_SERVED_LOG_DIR", str(folder))
+        yield folder
 
 
 @pytest.fixture
