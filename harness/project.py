@@ -45,6 +45,7 @@ PROJECT_FILES = [
     ".dvc/plots",
     ".dvcignore",
     ".gitignore",
+    "served_log/README.md",
 ]
 ENABLED = ["mlp128", "cnn_fast"]
 

@@ -283,6 +283,15 @@ class ServeParams(Section):
     unsure_below: Annotated[float, Field(ge=0, lt=1)]
 
 
+class DriftParams(Section):
+    window: PosInt  # the latest this many served digits are compared
+    min_digits: PosInt  # fewer in the window: no verdict
+    reference_digits: PosInt  # a stratified sample of the validation split
+    alpha: Annotated[float, Field(gt=0, lt=1)]  # a test rejects below this p-value
+    components: Annotated[int, Field(ge=2, le=784)]  # principal components for the inputs test
+    seed: Seed
+
+
 S = TypeVar("S", bound=Section)
 
 

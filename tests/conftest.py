@@ -61,7 +61,7 @@ def mnist(raw_bytes):
 
 @pytest.fixture(scope="session", autouse=True)
 def served_log_dir(tmp_path_factory) -> Iterator[Path]:
-    """Where every service this session starts records what it served (never the repo)."""
+    """Where every service the tests start records what it served, never in the repository."""
     folder = tmp_path_factory.mktemp("served_log")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MNIST_SERVED_LOG_DIR", str(folder))
