@@ -4,10 +4,9 @@ In: a network's logits on the validation split, (V, N, 10) for V views of each i
 or more with test-time shifts, whose probabilities are averaged), and their labels (N,).
 Out: the temperature T that minimises the negative log-likelihood of the mean over views
 of softmax(logits / T) (Guo et al., 2017, "On Calibration of Modern Neural Networks"),
-fitted on validation only; the
-expected calibration error of any probabilities; and, for a range of confidence
-thresholds, how many answers fall below each and how often those below and above are
-right, from which the service's "unsure" threshold is chosen.
+fitted on validation only; the expected calibration error of any probabilities; and, for
+a range of confidence thresholds, how many answers fall below each and how often those
+below and above are right, from which the service's "unsure" threshold is chosen.
 
 One scalar keeps every prediction's ranking (the label never changes), so accuracy is
 exactly as before; only the confidence moves. Label smoothing, for one, leaves a network

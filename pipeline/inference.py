@@ -45,7 +45,11 @@ class Predictor(nn.Module):
 
     def from_standardised(self, x: torch.Tensor) -> torch.Tensor:
         """The same probabilities from input already standardised (the training arrays)."""
-        views = self.views(x)  # (1 + tta, B, 10) logits
+        return self.from_views(self.views(x))
+
+    def from_views(self, views: torch.Tensor) -> torch.Tensor:
+        """Probabilities (B, 10) from the views' logits (1 + tta, B, 10): each divided by
+        the temperature, softmaxed, and averaged over the views."""
         return torch.softmax(views / self.temperature, dim=-1).mean(0)
 
     def views(self, x: torch.Tensor) -> torch.Tensor:

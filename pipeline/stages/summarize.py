@@ -62,7 +62,7 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def row(name: str, models: Path, reports: Path) -> dict:
+def candidate_row(name: str, models: Path, reports: Path) -> dict:
     try:
         trained = atomic.read_json(models / name / "metrics.json")
         run = atomic.read_json(models / name / "run.json")
@@ -86,7 +86,7 @@ def row(name: str, models: Path, reports: Path) -> dict:
 
 
 def summarize(enabled: list[str], models: Path, reports: Path) -> list[dict]:
-    rows = [row(name, models, reports) for name in enabled]
+    rows = [candidate_row(name, models, reports) for name in enabled]
     return sorted(rows, key=lambda row: (-row["val_accuracy"], row["candidate"]))
 
 

@@ -77,6 +77,7 @@ def write_outputs(
     final: dict,
     calibrated: dict,
     name: str,
+    n_val: int,
 ) -> None:
     weights = save_safetensors({k: v.contiguous() for k, v in net.state_dict().items()})
     atomic.write_bytes(out / "weights.safetensors", weights)
@@ -92,8 +93,7 @@ def write_outputs(
     atomic.write_json(out / "calibration.json", calibrated)
     plots.save_curves(history.epochs, out / "curves.png", name)
     plots.save_iteration_loss(history.steps, out / "iterations.png", name)
-    n_val = history.epochs[-1]["val_correct"] / max(final["val_accuracy"], 1e-9)
-    plots.save_val_correct(history.epochs, out / "val_correct.png", name, round(n_val))
+    plots.save_val_correct(history.epochs, out / "val_correct.png", name, n_val)
 
 
 def argv_of(args) -> list[str]:
@@ -163,7 +163,7 @@ def train(
         final = final_metrics(history, val_probs, data.y_val, net)
         calibrated = calibration.report(val_logits, data.y_val)
         recorder.log_final(final, calibrated)
-        write_outputs(args.out, net, history, final, calibrated, args.candidate)
+        write_outputs(args.out, net, history, final, calibrated, args.candidate, len(data.y_val))
         # The logged model answers as evaluate and the service do: calibrated.
         temperature = calibrated["temperature"]
         predictor = inference.make_predictor(candidate, net, stats, temperature=temperature)
@@ -208,7 +208,7 @@ def final_validation(
     checker = inference.make_predictor(candidate, copy.deepcopy(net), stats, channels_last=True)
     with runtime.one_thread():
         logits = inference.view_logits(checker, data.x_val, batch_size=256)
-    return torch.softmax(logits / checker.temperature, dim=-1).mean(0), logits
+    return checker.from_views(logits), logits
 
 
 def run_params(
