@@ -27,7 +27,6 @@ import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import stats
 
 NUM_CLASSES = 10
 
@@ -61,6 +60,8 @@ def compare_outputs(
     reference: np.ndarray, window: np.ndarray, alpha: float
 ) -> tuple[Test, list[dict]]:
     """KS test per class on (N, 10) probabilities, Bonferroni-corrected over the ten."""
+    from scipy import stats
+
     per_class = []
     for digit in range(NUM_CLASSES):
         result = stats.ks_2samp(reference[:, digit], window[:, digit])

@@ -12,10 +12,6 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 
 from pipeline import atomic
@@ -105,25 +101,39 @@ def prometheus(result: dict, comparison: Comparison | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pyplot():
+    """matplotlib, imported only for a comparison: a run with no verdict stays quick."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    pyplot().close(fig)
     atomic.write_bytes(path, buffer.getvalue())
 
 
 def note(path: Path, text: str) -> None:
-    fig, ax = plt.subplots(figsize=(6, 1))
-    ax.axis("off")
-    ax.text(0.5, 0.5, f"No verdict: {text}", ha="center", va="center", wrap=True)
-    _save(fig, path)
+    """A picture that says there is nothing to draw (Pillow's default font)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (8 * len(text) + 120, 30), "white")
+    ImageDraw.Draw(image).text((10, 8), f"No verdict: {text}", fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 def outputs_picture(path: Path, comparison: Comparison) -> None:
     """Mean probability per digit, reference beside window."""
     rows = comparison.outputs_per_class
     digits = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 3))
+    fig, ax = pyplot().subplots(figsize=(8, 3))
     ax.bar(digits - 0.2, [r["reference_mean"] for r in rows], 0.4, label="reference (validation)")
     ax.bar(digits + 0.2, [r["window_mean"] for r in rows], 0.4, label="window (served)")
     ax.set_xticks(digits)
@@ -142,7 +152,7 @@ def inputs_picture(path: Path, reference: np.ndarray, window: np.ndarray) -> Non
     mean_reference = reference.mean(axis=0) / 255
     mean_window = window.mean(axis=0) / 255
     x, y = project(reference, window, 2, 0)
-    fig, axes = plt.subplots(1, 4, figsize=(13, 3))
+    fig, axes = pyplot().subplots(1, 4, figsize=(13, 3))
     for ax, image, title in zip(
         axes[:2], (mean_reference, mean_window), ("reference mean", "window mean"), strict=True
     ):

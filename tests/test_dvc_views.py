@@ -188,6 +188,7 @@ def test_the_readmes_dvc_commands_rerun_one_candidate_and_print_within_120_colum
         "summarize",
         "promote",
         "package",
+        "drift",
     }
     experiments = readme_outputs[README_COMMANDS[2]]
     assert (

@@ -176,6 +176,6 @@ def test_queued_experiments_run_side_by_side_and_never_promote(
     recorded = json.loads((server_project.path / "reports/promote/decision.json").read_text())
     assert not recorded["applied"] and recorded["dvc_experiment"] == best
     result = server_project.run("dvc", "repro", "--force", "--downstream", "promote")
-    assert server_project.stages_run(result) == ["promote", "package"]
+    assert server_project.stages_run(result) == ["promote", "package", "drift"]
     applied = json.loads((server_project.path / "reports/promote/decision.json").read_text())
     assert applied["applied"]
