@@ -46,6 +46,8 @@ PROJECT_FILES = [
     ".dvcignore",
     ".gitignore",
     "served_log/README.md",
+    "feedback/README.md",
+    "labelled/README.md",
 ]
 ENABLED = ["mlp128", "cnn_fast"]
 

@@ -283,6 +283,12 @@ class ServeParams(Section):
     unsure_below: Annotated[float, Field(ge=0, lt=1)]
 
 
+class FeedbackParams(Section):
+    # The share of corrected digits kept to test on, never trained on (chosen by a hash of
+    # each digit's pixels).
+    holdout_percent: Annotated[float, Field(gt=0, lt=100)]
+
+
 class DriftParams(Section):
     window: PosInt  # the latest this many served digits are compared
     min_digits: PosInt  # fewer in the window: no verdict

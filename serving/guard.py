@@ -2,9 +2,9 @@
 unwraps form uploads.
 
 In: every HTTP request to the service. Out: the request passed on unchanged, or
-- 413 `{"error": ...}` for a body over `max_bytes`, declared in Content-Length or
-  counted as it streams in (BentoML reads whole bodies into memory before validating,
-  so the limit has to act first);
+- 413 `{"error": ...}` for a body over `max_bytes` (or the route's own limit in
+  `route_limits`), declared in Content-Length or counted as it streams in (BentoML reads
+  whole bodies into memory before validating, so the limit has to act first);
 - 415 for a request to an API route whose Content-Type is not one it takes (BentoML would
   otherwise parse it as a form, or refuse pickle with a differently shaped body);
 - 400 for a Content-Length that is not a number;
@@ -39,9 +39,11 @@ class RequestGuard:
         max_bytes: int,
         content_types: Mapping[str, Sequence[str]],
         form_uploads: Collection[str] = (),
+        route_limits: Mapping[str, int] | None = None,
     ) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.route_limits = dict(route_limits or {})  # route -> a lower body limit
         self.content_types = content_types  # route -> accepted media types ("image/*" ok)
         self.form_uploads = frozenset(form_uploads)  # routes whose forms are unwrapped
 
@@ -54,34 +56,35 @@ class RequestGuard:
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         media_type = content_type.split(";")[0].strip().lower()
         if accepted is not None and media_type and not _accepts(accepted, media_type):
-            await _drain(receive)
-            await _reply(send, 415, _not_accepted(media_type, accepted), "content_type")
+            await drain(receive)
+            await reply(send, 415, _not_accepted(media_type, accepted), "content_type")
             return
+        limit = self.route_limits.get(scope["path"], self.max_bytes)
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await _reply(
+                await reply(
                     send,
                     400,
                     f"Content-Length {declared.decode('latin-1')!r} is not a number",
                     "content_length",
                 )
                 return
-            if int(declared) > self.max_bytes:
-                await _drain(receive)  # so a client that is still sending gets to read the reply
-                await _reply(send, 413, self._too_large(int(declared)), "body_too_large")
+            if int(declared) > limit:
+                await drain(receive)  # so a client that is still sending gets to read the reply
+                await reply(send, 413, _too_large(int(declared), limit), "body_too_large")
                 return
         if media_type == FORM and scope["path"] in self.form_uploads:
-            await self._form_upload(scope, receive, send, content_type, accepted or ())
+            await self._form_upload(scope, receive, send, content_type, accepted or (), limit)
             return
         if declared is not None:
             await self.app(scope, receive, send)  # the HTTP server enforces the declared length
             return
-        body = await self._read(receive, send)
+        body = await self._read(receive, send, limit)
         if body is not None:
             await self.app(scope, _replay(body, receive), send)
 
-    async def _read(self, receive: Receive, send: Send) -> bytes | None:
+    async def _read(self, receive: Receive, send: Send, limit: int) -> bytes | None:
         """The whole body, up to the limit; None if it was over (413 sent) or the client
         went away."""
         chunks: list[bytes] = []
@@ -93,28 +96,34 @@ class RequestGuard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             more = message.get("more_body", False)
-            if size > self.max_bytes:
-                size += await _drain(receive) if more else 0
-                await _reply(send, 413, self._too_large(size), "body_too_large")
+            if size > limit:
+                size += await drain(receive) if more else 0
+                await reply(send, 413, _too_large(size, limit), "body_too_large")
                 return None
             if not more:
                 return b"".join(chunks)
 
     async def _form_upload(
-        self, scope: Scope, receive: Receive, send: Send, content_type: str, accepted: Sequence[str]
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        content_type: str,
+        accepted: Sequence[str],
+        limit: int,
     ) -> None:
         """Pass on the one file of a form as the raw body, or answer why not."""
-        body = await self._read(receive, send)
+        body = await self._read(receive, send, limit)
         if body is None:
             return
         try:
             part = form_file(body, content_type)
         except FormError as error:
-            await _reply(send, error.status, str(error), "form")
+            await reply(send, error.status, str(error), "form")
             return
         raw_types = [pattern for pattern in accepted if pattern != FORM]
         if part.media_type and not _accepts(raw_types, part.media_type):
-            await _reply(
+            await reply(
                 send,
                 415,
                 "the form's file part: " + _not_accepted(part.media_type, raw_types),
@@ -132,8 +141,9 @@ class RequestGuard:
         ]
         await self.app({**scope, "headers": kept}, _replay(part.data, receive), send)
 
-    def _too_large(self, size: int) -> str:
-        return f"request body is {size} bytes; the limit is {self.max_bytes} bytes"
+
+def _too_large(size: int, limit: int) -> str:
+    return f"request body is {size} bytes; the limit is {limit} bytes"
 
 
 class FormError(ValueError):
@@ -252,7 +262,7 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
-async def _drain(receive: Receive) -> int:
+async def drain(receive: Receive) -> int:
     """Read and drop the rest of the body; return how many bytes that was."""
     size = 0
     while True:
@@ -264,7 +274,7 @@ async def _drain(receive: Receive) -> int:
             return size
 
 
-async def _reply(send: Send, status: int, error: str, reason: str) -> None:
+async def reply(send: Send, status: int, error: str, reason: str) -> None:
     """Refuse the request with `status` and a JSON body; count it under `reason`."""
     metrics.rejected(reason)
     body = json.dumps({"error": error}).encode()

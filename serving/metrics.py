@@ -35,7 +35,7 @@ from serving.contract import NUM_CLASSES
 
 # The API routes, as BentoML's own metrics name them in their `endpoint` label.
 PREDICT_ENDPOINTS = ("/predict", "/predict_image")
-ENDPOINTS = (*PREDICT_ENDPOINTS, "/model_info")
+ENDPOINTS = (*PREDICT_ENDPOINTS, "/model_info", "/feedback")
 
 # Why a request was refused. The first three are the request field a BadInput names
 # (serving/preprocess.py); the rest are refused before the API sees the request.
@@ -48,6 +48,8 @@ REASONS = (
     "content_type",  # 415: a Content-Type (or form part type) the route does not take
     "content_length",  # 400: a Content-Length that is not a number
     "form",  # 400: a multipart form that is not exactly one file
+    "rate_limited",  # 429: /feedback's corrections came faster than a worker takes them
+    "store_full",  # 507: /feedback's store is at its cap until the pipeline imports it
     "other",  # any other 4xx of an API route, or a reason not listed here
 )
 

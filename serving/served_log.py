@@ -140,6 +140,8 @@ class ServedLog:
         )
 
     def _open(self) -> bool:
+        from serving.bentoml_adapter import worker_index  # BentoML: only in the service
+
         path = self.folder / f"{FILE_STEM}{worker_index()}.jsonl"
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -167,13 +169,6 @@ class ServedLog:
 def b64(array: np.ndarray) -> bytes:
     """Base64 of an array's bytes (C order), without a copy."""
     return binascii.b2a_base64(np.ascontiguousarray(array), newline=False)
-
-
-def worker_index() -> int:
-    """This process's BentoML worker number (0 outside `bentoml serve`)."""
-    from bentoml._internal.context import server_context
-
-    return server_context.worker_index or 0
 
 
 def files(folder: Path) -> list[Path]:

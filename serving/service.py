@@ -11,6 +11,8 @@ Endpoints (all POST, as BentoML routes its APIs):
                   image/jpeg or application/octet-stream), or a multipart/form-data form
                   of one file part, any field name (curl -F image=@digit.png)
                   -> {"label", "probabilities", "unsure", "preprocessed"}
+- /feedback       {"label": 0-9, "digit": 28 rows of 28 grey levels} -> {"stored", "id"}:
+                  a correction, kept for the pipeline to learn from (serving/feedback.py)
 - /model_info     {} -> info.json of the model, plus its BentoML tag and the size limits
 - GET /ui/        a page to draw or upload a digit and see what the model makes of it
                   (serving/ui.py, serving/static/)
@@ -28,7 +30,10 @@ the cores, default 2048); MNIST_MAX_BATCH (rows per model run, default 256; 1 = 
 MNIST_INLINE_ROWS (a model run of at most this many rows stays on the event loop, default 16);
 MNIST_SERVED_LOG (0: no record of served digits; default 1), MNIST_SERVED_LOG_DIR (where
 that record goes, default ./served_log) and MNIST_SERVED_LOG_MAX_MB (its cap per worker,
-default 64): see serving/served_log.py;
+default 64): see serving/served_log.py; MNIST_FEEDBACK_DIR (the corrections' store, default
+./feedback), MNIST_FEEDBACK_MAX_MB (its cap per worker, default 16) and
+MNIST_FEEDBACK_PER_MINUTE (corrections a worker takes a minute, default 60): see
+serving/feedback.py;
 MNIST_WORKERS (worker processes, default 2, one per core); MNIST_MAX_CONCURRENCY (requests
 a worker takes at once, default 64; more get 429); MNIST_REQUESTS_PER_CONNECTION (answers
 before a connection is closed, default 100); MNIST_ACCESS_LOG (1: a line per request).
@@ -51,7 +56,7 @@ from bentoml.validators import ContentType
 from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from serving import metrics, preprocess, served_log, ui
+from serving import feedback, metrics, preprocess, served_log, ui
 from serving.batching import MicroBatcher
 from serving.bentoml_adapter import APIMethod, MediaType, Schema
 from serving.contract import IMAGE_SIDE, MODEL_NAME, PIXEL_LEVELS
@@ -78,6 +83,12 @@ ACCESS_LOG = os.environ.get("MNIST_ACCESS_LOG", "0") == "1"  # a line per reques
 SERVED_LOG = os.environ.get("MNIST_SERVED_LOG", "1") != "0"
 SERVED_LOG_DIR = os.environ.get("MNIST_SERVED_LOG_DIR", "served_log")
 SERVED_LOG_MAX_BYTES = int(float(os.environ.get("MNIST_SERVED_LOG_MAX_MB", "64")) * 2**20)
+FEEDBACK_DIR = os.environ.get("MNIST_FEEDBACK_DIR", "feedback")
+FEEDBACK_MAX_BYTES = int(float(os.environ.get("MNIST_FEEDBACK_MAX_MB", "16")) * 2**20)
+FEEDBACK_PER_MINUTE = int(os.environ.get("MNIST_FEEDBACK_PER_MINUTE", "60"))
+FEEDBACK_MAX_BODY = 16 * 2**10  # a 28x28 digit as a JSON list, and room to spare
+# This worker's corrections (FeedbackGate refuses a flood or a full store before the API).
+CORRECTIONS = feedback.FeedbackStore(FEEDBACK_DIR, FEEDBACK_MAX_BYTES)
 MAX_BODY_BYTES = 32 * 2**20  # 10,000 uint8 digits as a JSON list fit; floats need images_b64
 
 # BentoML's /metrics gathers prometheus_client metrics from all workers (multiprocess mode).
@@ -100,6 +111,15 @@ class Prediction(BaseModel):
         description="N rows of 10 class probabilities, calibrated on the validation split"
     )
     unsure: list[bool] = Field(description=f"For each input, true when {UNSURE}")
+
+
+GreyLevel = Annotated[int, Field(ge=0, le=PIXEL_LEVELS)]
+DigitRow = Annotated[list[GreyLevel], Field(min_length=IMAGE_SIDE, max_length=IMAGE_SIDE)]
+
+
+class FeedbackReceipt(BaseModel):
+    stored: bool = Field(description="True: the correction is on disk")
+    id: str = Field(description="sha256 of the digit's pixels, 16 hex digits")
 
 
 class ImagePrediction(BaseModel):
@@ -158,6 +178,7 @@ class ImageUploadAPI(APIMethod):
 # routes; to trace them, set tracing.sample_rate and override tracing.excluded_urls.
 UNTRACED_ROUTES = [
     "/predict",
+    "/feedback",
     "/model_info",
     "/livez",
     "/readyz",
@@ -194,6 +215,7 @@ class MNISTClassifier:
         # for every request in flight; frozen, collections skip it.
         # Older models carry no threshold: nothing is flagged.
         self.unsure_below = float(self.runner.info.get("unsure_below", 0.0))
+        CORRECTIONS.model = str(self.model.tag)
         self.served = served_log.ServedLog(
             str(self.model.tag), SERVED_LOG_DIR, SERVED_LOG_MAX_BYTES
         )
@@ -274,6 +296,26 @@ class MNISTClassifier:
         )
 
     @bentoml.api
+    async def feedback(
+        self,
+        label: Annotated[int, Field(ge=0, le=9, description="What the digit really is")],
+        digit: Annotated[
+            list[DigitRow],
+            Field(
+                min_length=IMAGE_SIDE,
+                max_length=IMAGE_SIDE,
+                description="The 28x28 image the model saw (a /predict_image answer's "
+                "`preprocessed`): rows of grey levels 0-255, light ink on black",
+            ),
+        ],
+    ) -> FeedbackReceipt:
+        """Say what a digit really was: the correction is stored for the pipeline, which
+        learns from it or keeps it aside to test on (docs/feedback.md)."""
+        pixels = np.asarray(digit, dtype=np.uint8)  # (28, 28), validated above
+        identity = await asyncio.to_thread(CORRECTIONS.add, label, pixels)  # fsync: a thread
+        return FeedbackReceipt(stored=True, id=identity)
+
+    @bentoml.api
     async def model_info(self) -> dict[str, Any]:
         """The model's info.json (registry version, alias, metrics, git commit...)."""
         return {
@@ -297,8 +339,13 @@ MNISTClassifier.add_asgi_middleware(
         "/predict": ["application/json"],
         "/predict_image": [*IMAGE_TYPES, FORM],
         "/model_info": ["application/json"],
+        "/feedback": ["application/json"],
     },
     form_uploads=["/predict_image"],
+    route_limits={"/feedback": FEEDBACK_MAX_BODY},
+)
+MNISTClassifier.add_asgi_middleware(
+    feedback.FeedbackGate, path="/feedback", store=CORRECTIONS, per_minute=FEEDBACK_PER_MINUTE
 )
 # GET / answers with our API page (serving/static/api.html: links /ui/, loads nothing from
 # other origins) instead of BentoML's.

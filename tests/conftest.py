@@ -68,6 +68,15 @@ def served_log_dir(tmp_path_factory) -> Iterator[Path]:
         yield folder
 
 
+@pytest.fixture(scope="session", autouse=True)
+def feedback_dir(tmp_path_factory) -> Iterator[Path]:
+    """Where every service the tests start stores corrections, never in the repository."""
+    folder = tmp_path_factory.mktemp("feedback")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MNIST_FEEDBACK_DIR", str(folder))
+        yield folder
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)

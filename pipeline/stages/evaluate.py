@@ -2,12 +2,14 @@
 
 In: ``--candidate NAME``; its ``weights.safetensors`` and ``calibration.json`` (the
 temperature fitted on validation) from train; ``test.npz`` from split (raw uint8 pixels,
-fed through the same calibrated ``Predictor`` the service uses); ``stats.json``. Out, in
-``--out``: ``metrics.json`` (accuracy, loss, per-class precision/recall/F1, the expected
-calibration error with and without the temperature), ``confusion.csv`` (one row per test
-digit, for ``dvc plots``' confusion template), ``classes.csv``, ``predictions.npz``
-(labels and probabilities, the reference for serving) and PNGs of the test digits. The
-record stage adds them to the candidate's MLflow run.
+fed through the same calibrated ``Predictor`` the service uses); ``stats.json``; the
+feedback hold-out (``holdout.npz``, digits people corrected and the feedback stage kept to
+test on). Out, in ``--out``: ``metrics.json`` (accuracy, loss, per-class
+precision/recall/F1, the expected calibration error with and without the temperature,
+and the accuracy on the feedback hold-out, null while it is empty), ``confusion.csv``
+(one row per test digit, for ``dvc plots``' confusion template), ``classes.csv``,
+``predictions.npz`` (labels and probabilities, the reference for serving) and PNGs of the
+test digits. The record stage adds them to the candidate's MLflow run.
 """
 
 from __future__ import annotations
@@ -111,6 +113,18 @@ def write_pictures(
     plots.save_weight_tiles(layers, out / "weights.png", name)
 
 
+def holdout_metrics(predictor, holdout: dict, batch_size: int) -> dict:
+    """Accuracy on the feedback hold-out (digits people corrected, kept to test on; the
+    feedback stage), beside the test set's; None while it is empty."""
+    labels = holdout["labels"]
+    if not len(labels):
+        return {"feedback_holdout_digits": 0, "feedback_holdout_accuracy": None}
+    pixels = inference.to_pixels(holdout["images"])
+    probs = inference.in_batches(predictor, pixels, batch_size).numpy()  # on the CPU
+    accuracy = float((probs.argmax(1) == labels).mean())
+    return {"feedback_holdout_digits": len(labels), "feedback_holdout_accuracy": accuracy}
+
+
 def main(args) -> None:
     train_params = load_section(args.params, "train", TrainParams)
     params = load_section(args.params, "evaluate", EvaluateParams)
@@ -135,11 +149,15 @@ def main(args) -> None:
     plain_probs = inference.in_batches(plain, pixels, params.batch_size, device).numpy()
     predictor = predictor.cpu()  # the pictures' features on the CPU
     pred = probs.argmax(1)
-    metrics = score(probs, labels) | {
-        "temperature": temperature,
-        "ece": calibration.expected_calibration_error(probs, labels),
-        "ece_uncalibrated": calibration.expected_calibration_error(plain_probs, labels),
-    }
+    metrics = (
+        score(probs, labels)
+        | {
+            "temperature": temperature,
+            "ece": calibration.expected_calibration_error(probs, labels),
+            "ece_uncalibrated": calibration.expected_calibration_error(plain_probs, labels),
+        }
+        | holdout_metrics(predictor, atomic.read_npz(args.holdout), params.batch_size)
+    )
     out: Path = args.out
 
     atomic.write_json(out / "metrics.json", metrics)
@@ -181,6 +199,9 @@ def cli_main(argv=None) -> None:
     p.add_argument("--model", required=True, type=Path, help="the candidate's train output folder")
     p.add_argument("--test", required=True, type=Path, help="test.npz from split")
     p.add_argument("--stats", required=True, type=Path, help="stats.json from normalise")
+    p.add_argument(
+        "--holdout", required=True, type=Path, help="holdout.npz from feedback (may be empty)"
+    )
     p.add_argument("--out", required=True, type=Path, help="folder for this candidate's reports")
     cli.run("evaluate", main, p.parse_args(argv))
 

@@ -1,6 +1,8 @@
 """normalise: uint8 pixels to float32, optionally standardised with train statistics.
 
-In: ``train.npz`` and ``val.npz`` from split; ``normalise`` params. Out: the same two files
+In: ``train.npz`` and ``val.npz`` from split; ``--feedback``, the feedback stage's
+``train.npz`` (digits people corrected, by hash kept apart from its hold-out; often
+empty), added to the training split; ``normalise`` params. Out: the same two files
 in ``--out`` with ``images`` (N, 1, 28, 28) float32 and ``labels`` (N,) int64, plus
 ``stats.json`` ({"mean", "std", "standardise"}), computed on the training split only
 and reused by evaluate, package and serving.
@@ -37,6 +39,13 @@ def apply(images: np.ndarray, stats: dict) -> np.ndarray:
 def main(args) -> None:
     params = load_section(args.params, "normalise", NormaliseParams)
     parts = {name: atomic.read_npz(args.split / f"{name}.npz") for name in PARTS}
+    corrected = atomic.read_npz(args.feedback)
+    if len(corrected["labels"]):
+        parts["train"] = {
+            key: np.concatenate([parts["train"][key], corrected[key]])
+            for key in ("images", "labels")
+        }
+        print(f"normalise: {len(corrected['labels'])} corrected digits join the training split")
     stats = statistics(parts["train"]["images"], params.standardise)
     for name, part in parts.items():
         atomic.write_npz(
@@ -57,6 +66,7 @@ def main(args) -> None:
 def cli_main(argv=None) -> None:
     p = cli.parser("normalise", __doc__)
     p.add_argument("--split", required=True, type=Path, help="folder of train/val/test .npz")
+    p.add_argument("--feedback", required=True, type=Path, help="train.npz from feedback")
     p.add_argument("--out", required=True, type=Path, help="folder for normalised arrays")
     cli.run("normalise", main, p.parse_args(argv))
 

@@ -1,6 +1,7 @@
 // The draw-a-digit page. Sends the drawing (a PNG of the pad) or an uploaded file to the
 // service's POST /predict_image and shows the label, the ten probabilities and the 28x28
 // image the model saw; shows the model's version and test accuracy from POST /model_info.
+// "Wrong? It was a _" sends that 28x28 image and the right digit to POST /feedback.
 // Plain JavaScript, no build step, nothing fetched from anywhere but the service itself.
 "use strict";
 
@@ -32,6 +33,7 @@ const state = {
   drawingSent: false, // a PNG of the pad is on its way
   sendAgain: false, // the pad changed while it was
   timer: null, // throttled prediction during a stroke
+  seen: null, // the 28x28 grey levels of the answer shown, for a correction
 };
 
 // ----- errors and the answer --------------------------------------------------------------
@@ -92,6 +94,9 @@ function showAnswer(answer, what) {
     image.data.set([grey, grey, grey, 255], 4 * i);
   });
   seen.putImageData(image, 0, 0);
+  state.seen = answer.preprocessed;
+  $("correct").hidden = false;
+  $("correction-status").textContent = "";
 }
 
 function resetAnswer(note) {
@@ -106,6 +111,27 @@ function resetAnswer(note) {
   }
   seen.fillStyle = "#000";
   seen.fillRect(0, 0, 28, 28);
+  state.seen = null;
+  $("correct").hidden = true;
+}
+
+// ----- corrections --------------------------------------------------------------------------
+
+async function sendCorrection(event) {
+  event.preventDefault();
+  const truth = $("truth").value;
+  if (state.seen === null || truth === "") return;
+  const status = $("correction-status");
+  status.textContent = "Sending…";
+  try {
+    await post("/feedback", JSON.stringify({ label: Number(truth), digit: state.seen }),
+      "application/json");
+    status.textContent = `Thanks: kept as a ${truth}, for the model to learn from.`;
+    clearError("feedback");
+  } catch (error) {
+    status.textContent = "";
+    showError(`Could not send the correction: ${error.message}`, "feedback");
+  }
 }
 
 async function predict(body, contentType, what, asked) {
@@ -209,6 +235,8 @@ function endStroke(event) {
 }
 pad.addEventListener("pointerup", endStroke);
 pad.addEventListener("pointercancel", endStroke);
+
+$("correct").addEventListener("submit", sendCorrection);
 
 $("clear").addEventListener("click", () => {
   state.generation += 1;

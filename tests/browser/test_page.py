@@ -409,7 +409,7 @@ def test_controls_are_reachable_by_keyboard_and_labelled(
         reached.append(
             ui.page.evaluate("document.activeElement.id || document.activeElement.tagName")
         )
-    assert reached[:3] == ["clear", "upload", "A"], reached
+    assert reached[:5] == ["clear", "upload", "truth", "send-correction", "A"], reached
     ui.page.locator("#clear").focus()
     ui.page.keyboard.press("Enter")  # Clear works from the keyboard
     ui.wait_idle()
@@ -419,6 +419,34 @@ def test_controls_are_reachable_by_keyboard_and_labelled(
     assert ui.page.get_by_role("img", name="Drawing area").count() == 1
     assert ui.page.get_by_role("img", name="The 28 by 28 image the model saw").count() == 1
     assert ui.page.evaluate("document.documentElement.lang") == "en"
+
+
+def test_a_wrong_answer_is_corrected_from_the_keyboard_and_stored(
+    ui: Page, digits_to_draw: dict[int, np.ndarray], feedback_dir: Path
+) -> None:
+    """ "Wrong? It was a _": chosen and sent with keys alone, the correction is stored with
+    the 28x28 image the model saw."""
+    from serving import feedback
+
+    before = {(item["time"], item["id"]) for item in feedback.read(feedback_dir)}
+    ui.open()
+    expect(ui.page.locator("#correct")).to_be_hidden()  # nothing to correct yet
+    draw_with_mouse(ui, digits_to_draw[2])
+    ui.wait_idle()
+    seen = ui.page.evaluate("state.seen")
+    ui.page.locator("#truth").focus()
+    ui.page.keyboard.press("7")  # a select takes its option's first letter
+    ui.page.keyboard.press("Tab")
+    assert ui.page.evaluate("document.activeElement.id") == "send-correction"
+    ui.page.keyboard.press("Enter")
+    expect(ui.page.locator("#correction-status")).to_have_text(
+        "Thanks: kept as a 7, for the model to learn from."
+    )
+    items = feedback.read(feedback_dir)
+    assert len(items) == len(before) + 1
+    (item,) = [item for item in items if (item["time"], item["id"]) not in before]
+    assert item["label"] == 7
+    np.testing.assert_array_equal(item["pixels"], np.array(seen, dtype=np.uint8))
 
 
 CONTRAST_SCRIPT = """() => {

@@ -240,7 +240,7 @@ def test_answered_digits_confidences_and_latencies_read_back_from_prometheus(
     finest = values(
         prometheus, of_the_service('mnist_request_duration_seconds_bucket{le="0.0005"}'), "endpoint"
     )
-    assert set(finest) == {("/predict",), ("/predict_image",), ("/model_info",)}
+    assert set(finest) == {("/predict",), ("/predict_image",), ("/model_info",), ("/feedback",)}
 
 
 # (path, body, Content-Type, the status, the reason it is counted under)
@@ -297,7 +297,9 @@ def test_every_malformed_request_counts_once_under_a_named_reason(
     gained = Reading(prometheus).gained_since(before)["rejected"]
     assert sum(gained.values()) == len(MALFORMED), gained
     assert ("other",) not in gained
-    assert {reason for (reason,) in gained} == set(REASONS) - {"other", "content_length"}
+    # /feedback's flood and full-store refusals are not malformed requests (test_feedback.py)
+    unmalformed = {"other", "content_length", "rate_limited", "store_full"}
+    assert {reason for (reason,) in gained} == set(REASONS) - unmalformed
 
 
 def test_alerting_rules_load_evaluate_and_select_series_the_service_exports(
