@@ -53,12 +53,12 @@ ENABLED = ["mlp128", "cnn_fast"]
 
 
 def small_profile(params: dict) -> dict:
-    """2,000 training, 1,000 validation and 1,000 test images; two short candidates; 100
-    test digits under each kind of photo, 100 of each split under each corruption, and a
+    """2,000 training, 1,000 validation and 1,000 test images; two short candidates; 50
+    test digits under each kind of photo, 50 of each split under each corruption, and a
     robustness floor two minutes' training can clear."""
     params["split"].update(val_size=1000, train_limit=2000, test_limit=1000)
-    params["robustness"]["per_kind"] = 100
-    params["robustness"]["corruptions"]["per_split"] = 100
+    params["robustness"]["per_kind"] = 50
+    params["robustness"]["corruptions"]["per_split"] = 50
     params["promote"]["max_corruption_error"] = 0.9
     params["train"]["enabled"] = ENABLED
     for name in ENABLED:

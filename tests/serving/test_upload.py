@@ -176,6 +176,9 @@ def valid_body(path: str, media_type: str, image: bytes) -> tuple[bytes, str]:
         return image, "image/png" if media_type == "image/*" else media_type
     if path == "/predict":
         return b'{"images": [[' + b",".join([b"0"] * 784) + b"]]}", media_type
+    if path == "/feedback":
+        row = b"[" + b",".join([b"0"] * 28) + b"]"
+        return b'{"label": 1, "digit": [' + b",".join([row] * 28) + b"]}", media_type
     return b"{}", media_type
 
 
@@ -198,7 +201,7 @@ def test_the_service_accepts_and_rejects_exactly_what_its_schema_says(
     apis = {
         path: item["post"] for path, item in paths.items() if "requestBody" in item.get("post", {})
     }
-    assert set(apis) == {"/predict", "/predict_image", "/model_info"}
+    assert set(apis) == {"/predict", "/predict_image", "/model_info", "/feedback"}
     for path, api in apis.items():
         listed = set(api["requestBody"]["content"])
         for media_type in listed:
