@@ -38,10 +38,12 @@ import asyncio
 import atexit
 import base64
 import binascii
+import concurrent.futures
 import datetime
 import json
 import logging
 import logging.handlers
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +58,7 @@ FILE_STEM = "answers-w"
 ROTATED_FILES = 3  # besides the current one
 PENDING_ANSWERS = 64  # answers kept before their lines are written
 WRITE_AFTER = 1.0  # seconds: the longest an answer is kept unwritten
+THREAD_DIGITS = 1024  # kept answers of at least this many digits are written in a thread
 
 DROPPED = prometheus_client.Counter(
     "mnist_served_log_dropped_digits",
@@ -81,6 +84,8 @@ class ServedLog:
         self._written = 0  # bytes in the current file
         self._broken = False
         self._pending: list[tuple[float, str, np.ndarray, np.ndarray]] = []
+        self._lock = threading.Lock()
+        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="served-log")
         atexit.register(self.close)
 
     def record(self, endpoint: str, pixels: np.ndarray, probabilities: np.ndarray) -> None:
@@ -96,27 +101,41 @@ class ServedLog:
                 self.write()
 
     def write(self) -> None:
-        """Write the kept answers, one line each."""
+        """Write the kept answers, one line each: on the event loop when they are a few
+        digits; in this log's own thread when they are many (a 10,000-digit answer's line
+        takes tens of milliseconds to make, which other requests should not wait for)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
-        if self._broken or (self._files is None and not self._open()):
-            DROPPED.inc(sum(len(answer[2]) for answer in pending))
+        if sum(len(answer[2]) for answer in pending) >= THREAD_DIGITS:
+            try:
+                asyncio.get_running_loop().run_in_executor(self._thread, self._write, pending)
+                return
+            except RuntimeError:  # outside an event loop: write here
+                pass
+        self._write(pending)
+
+    def _write(self, pending: list) -> None:
+        if not pending:
             return
-        try:
-            stream = self._files.stream
-            for answer in pending:
-                line = self.line(*answer)
-                if self._written and self._written + len(line) > self.file_bytes:
-                    self._files.doRollover()  # the standard library's renaming, oldest dropped
-                    stream, self._written = self._files.stream, 0
-                stream.write(line)
-                self._written += len(line)
-            stream.flush()
-        except OSError as error:
-            self._broken = True
-            DROPPED.inc(sum(len(answer[2]) for answer in pending))
-            LOG.error("served-input log off: a write failed (%s); the answers go on", error)
+        with self._lock:  # the event loop's writes and the thread's, one at a time
+            if self._broken or (self._files is None and not self._open()):
+                DROPPED.inc(sum(len(answer[2]) for answer in pending))
+                return
+            try:
+                stream = self._files.stream
+                for answer in pending:
+                    line = self.line(*answer)
+                    if self._written and self._written + len(line) > self.file_bytes:
+                        self._files.doRollover()  # the standard library's renaming
+                        stream, self._written = self._files.stream, 0
+                    stream.write(line)
+                    self._written += len(line)
+                stream.flush()
+            except OSError as error:
+                self._broken = True
+                DROPPED.inc(sum(len(answer[2]) for answer in pending))
+                LOG.error("served-input log off: a write failed (%s); the answers go on", error)
 
     def line(
         self, when: float, endpoint: str, pixels: np.ndarray, probabilities: np.ndarray
@@ -161,7 +180,9 @@ class ServedLog:
 
     def close(self) -> None:
         """Write what is kept and close the file (at the worker's exit)."""
-        self.write()
+        self._thread.shutdown(wait=True)  # its writes first, in order
+        self._write(self._pending)
+        self._pending = []
         if self._files is not None:
             self._files.close()
 
