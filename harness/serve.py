@@ -81,6 +81,13 @@ def bentoml_serve(
         "--port",
         str(port),
     ]
+    # What the service records (served digits, corrections) goes beside its log, never
+    # into the repository it is started from, unless the caller names a folder.
+    env = {
+        "MNIST_SERVED_LOG_DIR": str(log_path.parent / f"{log_path.stem}-served_log"),
+        "MNIST_FEEDBACK_DIR": str(log_path.parent / f"{log_path.stem}-feedback"),
+        **env,
+    }
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             command, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
