@@ -30,9 +30,7 @@ RECORDED_TAG = "recorded_sha256"
 def evaluation_metrics(tested: dict) -> dict[str, float]:
     """Evaluate's scalars (``test_accuracy``, ``test_loss``, ...; not the feedback hold-out's
     accuracy while it is empty), and the error in percent."""
-    scalars = {
-        k: float(v) for k, v in tested.items() if v is not None and not isinstance(v, dict)
-    }
+    scalars = {k: float(v) for k, v in tested.items() if v is not None and not isinstance(v, dict)}
     return scalars | {"test_error_pct": tracking.error_pct(tested["test_accuracy"])}
 
 
