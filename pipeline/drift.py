@@ -23,6 +23,7 @@ library of multivariate two-sample tests with p-values, on numpy and scipy.
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
 
@@ -99,6 +100,10 @@ def compare_inputs(
     reference: np.ndarray, window: np.ndarray, alpha: float, components: int, seed: int
 ) -> Test:
     """Energy-distance two-sample test on the digits' principal components."""
+    # hyppo's fast p-value is numpy throughout; numba would first compile its helpers (about
+    # 20 s on first use in a fresh environment) for no gain at these sizes, and the results
+    # are the same: run them as plain Python.
+    os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
     from hyppo.ksample import Energy
 
     x, y = project(reference, window, components, seed)
