@@ -60,7 +60,7 @@ def markdown(result: dict, comparison: Comparison | None) -> str:
         "",
         "## Outputs: each digit's probability",
         "",
-        "![mean probability per digit and the top probability's spread](outputs.png)",
+        "![each digit's mean probability, reference beside window](outputs.png)",
         "",
         "| digit | mean probability, reference | window | KS statistic | p-value |",
         "|---|---|---|---|---|",
