@@ -11,8 +11,8 @@ verdict (drift if either test rejects at ``alpha``).
 - Inputs, all pixels at once: the energy-distance two-sample test (hyppo.ksample.Energy,
   Székely & Rizzo) on the digits projected onto the reference's first principal
   components (scikit-learn's PCA, fitted on the reference alone). hyppo's fast p-value
-  (a chi-square approximation of the permutation null) keeps it under a second for
-  thousands of digits; the permutation test would take minutes on 2 cores.
+  (a chi-square approximation of the permutation null) stays quick for thousands of
+  digits, where the permutation test itself is far too slow for a routine check.
 
 Why hyppo (docs/drift.md): alibi-detect requires numpy < 2 and frouros numpy < 2.2,
 scipy < 1.15 and matplotlib < 3.10, none of which installs beside this project's torch
@@ -100,9 +100,9 @@ def compare_inputs(
     reference: np.ndarray, window: np.ndarray, alpha: float, components: int, seed: int
 ) -> Test:
     """Energy-distance two-sample test on the digits' principal components."""
-    # hyppo's fast p-value is numpy throughout; numba would first compile its helpers (about
-    # 20 s on first use in a fresh environment) for no gain at these sizes, and the results
-    # are the same: run them as plain Python.
+    # hyppo's fast p-value is numpy throughout; numba would first compile its helpers, a
+    # long pause on the first check in a fresh environment, for no gain at these sizes and
+    # the same results: run them as plain Python.
     os.environ.setdefault("NUMBA_DISABLE_JIT", "1")
     from hyppo.ksample import Energy
 

@@ -35,6 +35,7 @@ import numpy as np
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from serving.guard import drain, reply
+from serving.served_log import json_lines
 
 FILE_STEM = "feedback-w"
 
@@ -141,14 +142,7 @@ def read(folder: str | Path) -> list[dict]:
     crash, only ever a file's last, is left out); ``pixels`` decoded to (28, 28) uint8."""
     items = []
     for path in sorted(Path(folder).glob(f"{FILE_STEM}*.jsonl")):
-        lines = path.read_text(encoding="ascii").splitlines()
-        for number, line in enumerate(lines, 1):
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise ValueError(f"{path}:{number}: not a line of the feedback store") from None
-                continue
+        for item in json_lines(path, "the feedback store"):
             raw = base64.b64decode(item["pixels"])
             item["pixels"] = np.frombuffer(raw, dtype=np.uint8).reshape(28, 28)
             items.append(item)

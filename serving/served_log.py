@@ -103,8 +103,8 @@ class ServedLog:
 
     def write(self) -> None:
         """Write the kept answers, one line each: on the event loop when they are a few
-        digits; in this log's own thread when they are many (a 10,000-digit answer's line
-        takes tens of milliseconds to make, which other requests should not wait for)."""
+        digits; in this log's own thread when they are many (a bulk answer's line takes
+        long enough to make that other requests should not wait for it)."""
         pending, self._pending = self._pending, []
         if not pending:
             return
@@ -216,14 +216,7 @@ def read(folder: Path):
 
     rows = []
     for path in files(folder):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, 1):
-            try:
-                answer = json.loads(line)
-            except json.JSONDecodeError:
-                if number < len(lines):
-                    raise ValueError(f"{path}:{number}: not a line of the served log") from None
-                continue
+        for answer in json_lines(path, "the served log"):
             count = answer["count"]
             probabilities = unpack(answer["probabilities"], np.float32, (count, NUM_CLASSES))
             pixels = unpack(answer["pixels"], np.uint8, (count, IMAGE_SIDE, IMAGE_SIDE))
@@ -236,6 +229,19 @@ def read(folder: Path):
     )
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return frame
+
+
+def json_lines(path: Path, what: str) -> Iterator[dict]:
+    """The JSON objects of a file written a line at a time. A line that does not parse is
+    an error naming ``what``, except the file's last, which a killed writer may have cut
+    short: that one is left out."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, 1):
+        try:
+            yield json.loads(line)
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}:{number}: not a line of {what}") from None
 
 
 def unpack(text: str, dtype: type, shape: tuple[int, ...]) -> np.ndarray:
