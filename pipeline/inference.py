@@ -114,6 +114,14 @@ def load_predictor(
     return make_predictor(candidate, net, stats, channels_last, temperature)
 
 
+def accuracy(
+    predictor: Predictor, images: np.ndarray, labels: np.ndarray, batch_size: int
+) -> float:
+    """The share of (N, 28, 28) uint8 ``images`` the predictor labels as ``labels``."""
+    probs = in_batches(predictor, to_pixels(images), batch_size)
+    return float((probs.argmax(1).numpy() == labels).mean())
+
+
 def to_pixels(images: np.ndarray) -> torch.Tensor:
     """(N, 28, 28) uint8 -> (N, 1, 28, 28) float32 in [0, 1]: what the service feeds."""
     return torch.from_numpy(dataset.unit_pixels(images)).unsqueeze(1)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from pipeline.errors import Terminated
-from pipeline.params import MlflowParams
+from pipeline.params import Candidate, MlflowParams, candidate_from_logged
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 # Seconds a writer waits for SQLite's lock before "database is locked": experiments
@@ -424,3 +424,25 @@ def log_model(predictor, clf=None) -> None:
         input_example=example.numpy(),
         pip_requirements=requirements("torch", "numpy"),
     )
+
+
+UNCALIBRATED = {"temperature": 1.0, "thresholds": []}  # a run trained before calibration
+
+
+def trained_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path, dict]:
+    """Download into ``folder`` what a run's train stage logged (its ``train/`` artifacts):
+    the candidate, the normalisation stats, the weights' path and the calibration (a
+    temperature of 1 and no thresholds for a run trained before calibration was fitted).
+    With them ``inference.load_predictor`` rebuilds the exact model that run trained."""
+    import mlflow
+
+    train_dir = Path(
+        mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path="train", dst_path=str(folder)
+        )
+    )
+    candidate = candidate_from_logged(json.loads((train_dir / "candidate.json").read_text()))
+    stats = json.loads((train_dir / "stats.json").read_text())
+    calibrated = train_dir / "calibration.json"
+    calibration = json.loads(calibrated.read_text()) if calibrated.exists() else UNCALIBRATED
+    return candidate, stats, train_dir / "weights.safetensors", calibration

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 from pipeline import inference, models, registry, tracking
@@ -24,14 +28,30 @@ def store(tmp_path_factory):
     mp.undo()
 
 
-def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
-    """A run with a real logged model, as train makes it; returns its summary row."""
-    import mlflow
+CANDIDATE = LogReg(arch="logreg", description="", C=1.0, max_iter=1)
 
-    net = models.build(LogReg(arch="logreg", description="", C=1.0, max_iter=1))
-    with mlflow.start_run(
-        experiment_id=experiment_id, run_name=name, tags={"candidate": name, "git_commit": "abc"}
-    ) as run:
+
+def logged_run(experiment_id: str, name: str, val: float, test: float, seed: int = 0) -> dict:
+    """A run with a real logged model and the train/ artifacts its weights come back from,
+    as train makes them; returns its summary row."""
+    import mlflow
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(seed)
+    net = models.build(CANDIDATE)
+    with (
+        mlflow.start_run(
+            experiment_id=experiment_id,
+            run_name=name,
+            tags={"candidate": name, "git_commit": "abc"},
+        ) as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
+        save_file(net.state_dict(), f"{tmp}/weights.safetensors")
+        mlflow.log_artifacts(tmp, artifact_path="train")
+        mlflow.log_dict(CANDIDATE.model_dump(), "train/candidate.json")
+        mlflow.log_dict({"mean": 0.0, "std": 1.0}, "train/stats.json")
         tracking.log_model(inference.Predictor(net, 0.0, 1.0))
     return {
         "candidate": name,
@@ -41,20 +61,24 @@ def logged_run(experiment_id: str, name: str, val: float, test: float) -> dict:
         "test_ece_uncalibrated": 0.05,
         "parameters": 7850,
         "multiply_adds": 7840,
+        "feedback_holdout_accuracy": None,
         "run_id": run.info.run_id,
     }
 
 
-def decide(store, rows, min_improvement=0.0):
+NO_HOLDOUT = promote.read_holdout(None)
+
+
+def decide(store, rows, min_improvement=0.0, holdout=NO_HOLDOUT, name=NAME):
     summary = {r["candidate"]: r for r in rows}
     params = PromoteParams(
-        registered_model=NAME,
+        registered_model=name,
         min_improvement=min_improvement,
         max_multiply_adds=None,
         max_corruption_error=None,
         quantize="none",
     )
-    return promote.promote(summary, params, store)
+    return promote.promote(summary, params, store, holdout)
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +132,34 @@ def test_promotion_story(store, runs):
     assert registry.rollback(NAME) == first["version"]
     assert alias_version() == first["version"]
     assert "rollback" in registry.history(NAME)[-1]["reason"]
+
+
+def test_a_winner_that_labels_the_feedback_holdout_worse_than_the_champion_is_refused(store):
+    name = "mnist-feedback-holdout"
+    champion = logged_run(store, "champ", 0.95, 0.94, seed=1)
+    assert decide(store, [champion], name=name)["alias_moved"]
+    # A hold-out the champion labels right by construction: its own answers on 40 digits.
+    with tempfile.TemporaryDirectory() as tmp:
+        candidate, stats, weights, _ = tracking.trained_files(champion["run_id"], Path(tmp))
+        predictor = inference.load_predictor(candidate, weights, stats)
+    images = np.random.default_rng(0).integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    labels = inference.in_batches(predictor, inference.to_pixels(images)).argmax(1).numpy()
+    holdout = {"images": images, "labels": labels}
+
+    # Better on validation, worse on what people corrected: the champion stays, scored from
+    # its logged weights since it is not in this summary.
+    newer = logged_run(store, "newer", 0.97, 0.96, seed=2) | {"feedback_holdout_accuracy": 0.5}
+    refused = decide(store, [newer], holdout=holdout, name=name)
+    assert not refused["alias_moved"] and refused["champion_candidate"] == "champ"
+    assert refused["feedback_holdout"] == {"digits": 40, "candidate": 0.5, "champion": 1.0}
+    assert refused["reason"].endswith(
+        "labels the feedback hold-out worse: 0.5000 against the champion's 1.0000 on 40 "
+        "corrected digits"
+    )
+    # As good as the champion on the hold-out, better on validation: it takes the alias.
+    equal = decide(store, [newer | {"feedback_holdout_accuracy": 1.0}], holdout=holdout, name=name)
+    assert equal["alias_moved"] and equal["champion_candidate"] == "newer"
+    assert equal["feedback_holdout"]["champion"] == 1.0
 
 
 def test_rollback_without_history_is_a_clear_error(store):

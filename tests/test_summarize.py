@@ -55,7 +55,15 @@ def write_candidate(root: Path, name: str, val: float, pairs: list[tuple[int, in
         f"1,0.9,0.8,0.7,{val - 0.1},1\n2,0.5,0.9,0.4,{val},2\n"
     )
     (reports / "metrics.json").write_text(
-        json.dumps({"test_accuracy": val - 0.01, "ece": 0.01, "ece_uncalibrated": 0.04})
+        json.dumps(
+            {
+                "test_accuracy": val - 0.01,
+                "ece": 0.01,
+                "ece_uncalibrated": 0.04,
+                "feedback_holdout_accuracy": None,
+                "feedback_holdout_digits": 0,
+            }
+        )
     )
     rows = "".join(f"{actual},{predicted}\n" for actual, predicted in pairs)
     (reports / "confusion.csv").write_text("actual,predicted\n" + rows)

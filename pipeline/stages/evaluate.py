@@ -119,9 +119,7 @@ def holdout_metrics(predictor, holdout: dict, batch_size: int) -> dict:
     labels = holdout["labels"]
     if not len(labels):
         return {"feedback_holdout_digits": 0, "feedback_holdout_accuracy": None}
-    pixels = inference.to_pixels(holdout["images"])
-    probs = inference.in_batches(predictor, pixels, batch_size).numpy()  # on the CPU
-    accuracy = float((probs.argmax(1) == labels).mean())
+    accuracy = inference.accuracy(predictor, holdout["images"], labels, batch_size)
     return {"feedback_holdout_digits": len(labels), "feedback_holdout_accuracy": accuracy}
 
 

@@ -35,11 +35,9 @@ import yaml
 from pipeline import atomic, cli, export, faults, inference, registry, tracking
 from pipeline.errors import StageError
 from pipeline.params import (
-    Candidate,
     MlflowParams,
     PromoteParams,
     ServeParams,
-    candidate_from_logged,
     load_section,
 )
 from serving.contract import MODEL_NAME, store_model
@@ -47,25 +45,6 @@ from serving.contract import MODEL_NAME, store_model
 ROOT = Path(__file__).resolve().parents[2]  # the build context: bentofile paths start here
 BENTOFILE = ROOT / "serving" / "bentofile.yaml"
 CALIBRATION_IMAGES = 1024  # the first of train.npz: its order is already shuffled
-UNCALIBRATED = {"temperature": 1.0, "thresholds": []}  # a run trained before calibration
-
-
-def run_files(run_id: str, folder: Path) -> tuple[Candidate, dict, Path, dict]:
-    """Download a run's weights and settings (what the train stage logged): the candidate,
-    the normalisation stats, the weights' path and its calibration (a temperature of 1
-    and no thresholds for a run trained before calibration was fitted)."""
-    import mlflow
-
-    train_dir = Path(
-        mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="train", dst_path=str(folder)
-        )
-    )
-    candidate = candidate_from_logged(json.loads((train_dir / "candidate.json").read_text()))
-    stats = json.loads((train_dir / "stats.json").read_text())
-    calibrated = train_dir / "calibration.json"
-    calibration = json.loads(calibrated.read_text()) if calibrated.exists() else UNCALIBRATED
-    return candidate, stats, train_dir / "weights.safetensors", calibration
 
 
 def exported(
@@ -75,7 +54,7 @@ def exported(
     temperature calibration) of a run's model: the float export, or its int8
     quantization; its probabilities are the calibrated ones, as evaluate's."""
     with tempfile.TemporaryDirectory() as tmp:
-        candidate, stats, weights, calibrated = run_files(run_id, Path(tmp))
+        candidate, stats, weights, calibrated = tracking.trained_files(run_id, Path(tmp))
         predictor = inference.load_predictor(
             candidate, weights, stats, temperature=calibrated["temperature"]
         )

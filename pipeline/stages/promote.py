@@ -5,7 +5,10 @@ candidate); each candidate's ``corruptions.json`` from robustness; the ``promote
 ``mlflow`` params. The choice uses validation accuracy only, among the candidates within
 the serving budget (``promote.max_multiply_adds``) whose error on the validation split's
 corrupted digits clears the robustness floor (``promote.max_corruption_error``) on both
-serving paths: the test split plays no part. Out: ``decision.json`` (chosen version,
+serving paths: the test split plays no part. A candidate that would take the alias must
+also label the feedback hold-out (``--holdout``, digits people corrected, which no
+candidate trains on) at least as well as the champion, scored now from its logged
+weights when it is not among this summary's runs. Out: ``decision.json`` (chosen version,
 metrics, whether the alias moved and why, each candidate's robustness margin) and, in
 the MLflow Model Registry, a version of ``promote.registered_model`` with metrics,
 robustness, params and lineage as tags, and the alias.
@@ -24,9 +27,12 @@ registry but changing nothing: ``decision.json`` says ``"applied": false``. Afte
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
-from pipeline import atomic, cli, faults, registry, tracking
+import numpy as np
+
+from pipeline import atomic, cli, faults, inference, registry, tracking
 from pipeline.errors import StageError
 from pipeline.params import MlflowParams, PromoteParams, load_section
 
@@ -131,22 +137,82 @@ def decide(new_val: float, champion_val: float | None, min_improvement: float) -
     )
 
 
+def champion_holdout_accuracy(champion, summary: dict, holdout: dict) -> float:
+    """The champion's accuracy on the feedback hold-out: its summary row's when it is one of
+    this summary's runs, else its logged weights (the train stage's artifacts) scored now."""
+    for row in summary.values():
+        if row["run_id"] == champion.run_id:
+            return row["feedback_holdout_accuracy"]
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            candidate, stats, weights, _ = tracking.trained_files(champion.run_id, Path(tmp))
+        except Exception as error:
+            raise StageError(
+                f"the champion (version {champion.version}, run {champion.run_id}) cannot be "
+                f"scored on the feedback hold-out, its train/ artifacts do not load: {error}"
+            ) from None
+        predictor = inference.load_predictor(candidate, weights, stats)
+    return inference.accuracy(predictor, holdout["images"], holdout["labels"], batch_size=256)
+
+
+def feedback_holdout(row: dict, champion, summary: dict, holdout: dict) -> dict | None:
+    """The candidate's and the champion's accuracy on the feedback hold-out, or None while it
+    is empty or there is no champion to compare with."""
+    if champion is None or not len(holdout["labels"]):
+        return None
+    return {
+        "digits": len(holdout["labels"]),
+        "candidate": row["feedback_holdout_accuracy"],
+        "champion": champion_holdout_accuracy(champion, summary, holdout),
+    }
+
+
+def judge(
+    row: dict, champion, summary: dict, holdout: dict, min_improvement: float
+) -> tuple[bool, str, dict | None]:
+    """(move the alias?, why, the feedback hold-out comparison): validation accuracy decides,
+    and a winner that labels the feedback hold-out worse than the champion is refused."""
+    moved, reason = decide(row["val_accuracy"], champion_val(champion), min_improvement)
+    if not moved:
+        return moved, reason, None
+    compared = feedback_holdout(row, champion, summary, holdout)
+    if compared and compared["candidate"] < compared["champion"]:
+        return (
+            False,
+            (
+                f"{reason}, but labels the feedback hold-out worse: {compared['candidate']:.4f} "
+                f"against the champion's {compared['champion']:.4f} on {compared['digits']} "
+                "corrected digits"
+            ),
+            compared,
+        )
+    return moved, reason, compared
+
+
+def read_holdout(path: Path | None) -> dict:
+    """holdout.npz from the feedback stage; no file (``--holdout`` not given) is empty."""
+    if path is None:
+        return {"images": np.zeros((0, 28, 28), np.uint8), "labels": np.zeros(0, np.int64)}
+    return atomic.read_npz(path)
+
+
 def champion_val(champion) -> float | None:
     return float(champion.tags["val_accuracy"]) if champion else None
 
 
-def record(summary: dict, params: PromoteParams) -> dict:
+def record(summary: dict, params: PromoteParams, holdout: dict) -> dict:
     """What promote would do, with nothing registered and the alias untouched."""
     name = params.registered_model
     row = best_candidate(
         robust_enough(summary, params.max_corruption_error), params.max_multiply_adds
     )
     champion = registry.current_champion(name) if registry.has_model(name) else None
+    compared = None
     if champion is not None and champion.run_id == row["run_id"]:
         would_move, reason = False, "already the champion"
     else:
-        would_move, reason = decide(
-            row["val_accuracy"], champion_val(champion), params.min_improvement
+        would_move, reason, compared = judge(
+            row, champion, summary, holdout, params.min_improvement
         )
     return {
         "applied": False,
@@ -159,12 +225,13 @@ def record(summary: dict, params: PromoteParams) -> dict:
         "alias": registry.ALIAS,
         "would_move_alias": would_move,
         "reason": reason,
+        "feedback_holdout": compared,
         "champion_version": champion.version if champion else None,
         **eligibility(summary, params),
     }
 
 
-def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
+def promote(summary: dict, params: PromoteParams, experiment_id: str, holdout: dict) -> dict:
     name = params.registered_model
     row = best_candidate(
         robust_enough(summary, params.max_corruption_error), params.max_multiply_adds
@@ -174,10 +241,11 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
     version = registry.version_for_run(name, row, experiment_id)
     faults.point("promote.registered")  # registered, the alias not moved yet
     champion = registry.current_champion(name)
+    compared = None
     if champion is not None and champion.version == version.version:
         moved, reason = False, "already the champion"
     else:
-        moved, reason = decide(row["val_accuracy"], champion_val(champion), params.min_improvement)
+        moved, reason, compared = judge(row, champion, summary, holdout, params.min_improvement)
         if moved:
             registry.move_alias(
                 name, version.version, champion.version if champion else None, reason
@@ -194,6 +262,7 @@ def promote(summary: dict, params: PromoteParams, experiment_id: str) -> dict:
         "alias": registry.ALIAS,
         "alias_moved": moved,
         "reason": reason,
+        "feedback_holdout": compared,
         "champion_version": served.version,
         "champion_candidate": served.tags.get("candidate"),
         "champion_run_id": served.run_id,
@@ -239,11 +308,12 @@ def main(args) -> None:
     if args.summary is None or args.out is None or args.robustness is None:
         raise StageError("--summary, --robustness and --out are required unless --rollback")
     summary = with_robustness(atomic.read_json(args.summary), args.robustness)
+    holdout = read_holdout(args.holdout)
     if tracking.in_workspace():
-        decision = promote(summary, params, experiment_id)
+        decision = promote(summary, params, experiment_id, holdout)
         tracking.tag_candidates(experiment_id, promotion_notes(summary, decision))
     else:
-        decision = record(summary, params)
+        decision = record(summary, params, holdout)
     atomic.write_json(args.out, decision)
     if decision["below_floor"]:
         print(
@@ -277,6 +347,11 @@ def cli_main(argv=None) -> None:
     p.add_argument("--out", type=Path, help="decision.json to write")
     p.add_argument(
         "--robustness", type=Path, help="robustness's folder (<candidate>/corruptions.json)"
+    )
+    p.add_argument(
+        "--holdout",
+        type=Path,
+        help="holdout.npz from feedback: a new champion must label it as well as the current one",
     )
     p.add_argument(
         "--rollback",

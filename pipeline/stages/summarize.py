@@ -75,6 +75,9 @@ def candidate_row(name: str, models: Path, reports: Path) -> dict:
         "test_accuracy": tested["test_accuracy"],
         "test_ece": tested["ece"],
         "test_ece_uncalibrated": tested["ece_uncalibrated"],
+        # None while the feedback hold-out is empty; promote compares it with the champion's.
+        "feedback_holdout_accuracy": tested["feedback_holdout_accuracy"],
+        "feedback_holdout_digits": tested["feedback_holdout_digits"],
         "parameters": trained["parameters"],
         "multiply_adds": trained["multiply_adds"],
         "epochs": trained["epochs"],
