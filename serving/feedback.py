@@ -1,16 +1,21 @@
 """Corrections from the people the service answers: a digit, and what it really was.
 
 In: what `POST /feedback` accepted (serving/service.py validates it first): a label 0-9
-and the 28x28 grey levels the model saw (the ``preprocessed`` image of a /predict_image
-answer; light ink on black, as MNIST). Out: one JSON line per correction, appended to
-``feedback-w<worker>.jsonl`` in a folder and flushed to disk (fsync) before the answer,
-so an acknowledged correction survives a crash:
+and either the 28x28 grey levels the model saw (the ``preprocessed`` image of a
+/predict_image answer; light ink on black, as MNIST) or the ``answer_id`` of an answer
+and the digit's ``index`` in it (the pixels are in the served-input log,
+serving/served_log.py, where the feedback stage finds them). Out: one JSON line per
+correction, appended to ``feedback-w<worker>.jsonl`` in a folder and flushed to disk
+(fsync) before the answer, so an acknowledged correction survives a crash:
 
     {"time": "2026-12-07T21:40:01.123456+00:00",   # when it arrived (UTC)
      "label": 3,                                    # what the digit really is
      "model": "mnist-classifier:abc123",            # the model that was corrected
      "id": "9f2c...",                               # sha256 of the pixels, 16 hex digits
      "pixels": "..."}                               # base64 of the 784 grey levels (uint8)
+
+or, for a correction by answer id, ``"answer": "5f0c...", "index": 0`` in place of
+``id`` and ``pixels``.
 
 Nothing about the sender is kept. FeedbackGate, an ASGI middleware in front of the API,
 bounds what reaches the store: each worker takes at most ``per_minute`` corrections (a
@@ -85,13 +90,22 @@ class FeedbackStore:
         id."""
         pixels = np.ascontiguousarray(digit, dtype=np.uint8)
         identity = hashlib.sha256(pixels.tobytes()).hexdigest()[:16]
+        self._append(label, {"id": identity, "pixels": base64.b64encode(pixels.tobytes()).decode()})
+        return identity
+
+    def add_by_answer(self, label: int, answer: str, index: int) -> str:
+        """Store one correction of the ``index``-th digit of served answer ``answer``, on
+        disk when this returns; the answer's id."""
+        self._append(label, {"answer": answer, "index": int(index)})
+        return answer
+
+    def _append(self, label: int, digit: dict) -> None:
         line = json.dumps(
             {
                 "time": datetime.datetime.now(datetime.UTC).isoformat(),
                 "label": int(label),
                 "model": self.model,
-                "id": identity,
-                "pixels": base64.b64encode(pixels.tobytes()).decode(),
+                **digit,
             }
         )
         with self._lock:
@@ -100,7 +114,6 @@ class FeedbackStore:
                 file.write(line + "\n")
                 file.flush()
                 os.fsync(file.fileno())
-        return identity
 
 
 class FeedbackGate:
@@ -139,11 +152,15 @@ class FeedbackGate:
 
 def read(folder: str | Path) -> list[dict]:
     """Every correction in the store at ``folder``, file by file (a line cut short by a
-    crash, only ever a file's last, is left out); ``pixels`` decoded to (28, 28) uint8."""
+    crash, only ever a file's last, is left out); ``pixels`` decoded to (28, 28) uint8,
+    or None for a correction by answer id (``answer``, ``index``)."""
     items = []
     for path in sorted(Path(folder).glob(f"{FILE_STEM}*.jsonl")):
         for item in json_lines(path, "the feedback store"):
-            raw = base64.b64decode(item["pixels"])
-            item["pixels"] = np.frombuffer(raw, dtype=np.uint8).reshape(28, 28)
+            if "answer" in item:
+                item["pixels"] = None
+            else:
+                raw = base64.b64decode(item["pixels"])
+                item["pixels"] = np.frombuffer(raw, dtype=np.uint8).reshape(28, 28)
             items.append(item)
     return items

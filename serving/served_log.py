@@ -7,6 +7,7 @@ oldest dropped), so the whole log stays under a cap, and appended to by the next
 after a restart. One line per answer (a request of N digits is one line):
 
     {"time": "2026-12-07T21:40:01.123456+00:00",  # when it was answered (UTC)
+     "id": "5f0c3a9e1b7d2c44",                     # the answer's id (random, 16 hex digits)
      "endpoint": "/predict",                       # or "/predict_image"
      "model": "mnist-classifier:abc123",           # the BentoML model that answered
      "count": 2,                                   # N, the digits in the answer
@@ -15,7 +16,10 @@ after a restart. One line per answer (a request of N digits is one line):
      "pixels": "..."}         # base64 of N x 28 x 28 uint8: the grey levels the model saw
                               # (row-major, light ink on black; float inputs rounded)
 
-Nothing that identifies the sender (no address, header or request id) is written.
+Nothing that identifies the sender (no address, header or request id) is written. The
+answer's id is random, returned to the caller as ``answer_id`` so that ``POST /feedback``
+can correct a digit by it (``index``: its place in the answer); the feedback stage finds
+the digit here.
 ``pandas.read_json(path, lines=True)`` reads a file, one row per answer; ``read(folder)``
 reads every file into one row per digit, and ``pixels_of``/``probabilities_of`` turn
 its columns into arrays.
@@ -43,6 +47,7 @@ import datetime
 import json
 import logging
 import logging.handlers
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -60,6 +65,7 @@ ROTATED_FILES = 3  # besides the current one
 PENDING_ANSWERS = 64  # answers kept before their lines are written
 WRITE_AFTER = 1.0  # seconds: the longest an answer is kept unwritten
 THREAD_DIGITS = 1024  # kept answers of at least this many digits are written in a thread
+COLUMNS = ["time", "answer", "index", "endpoint", "model", "label", "probabilities", "pixels"]
 
 DROPPED = prometheus_client.Counter(
     "mnist_served_log_dropped_digits",
@@ -84,15 +90,17 @@ class ServedLog:
         self._files: logging.handlers.RotatingFileHandler | None = None
         self._written = 0  # bytes in the current file
         self._broken = False
-        self._pending: list[tuple[float, str, np.ndarray, np.ndarray]] = []
+        self._pending: list[tuple[float, str, np.ndarray, np.ndarray, str]] = []
         self._lock = threading.Lock()
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="served-log")
         atexit.register(self.close)
 
-    def record(self, endpoint: str, pixels: np.ndarray, probabilities: np.ndarray) -> None:
+    def record(self, endpoint: str, pixels: np.ndarray, probabilities: np.ndarray) -> str:
         """Keep one answer of ``endpoint``, answered now: ``pixels`` (N, 1, 28, 28)
-        float32 in [0, 1], what the model read; ``probabilities`` (N, 10)."""
-        self._pending.append((time.time(), endpoint, pixels, probabilities))
+        float32 in [0, 1], what the model read; ``probabilities`` (N, 10). Returns the
+        answer's id."""
+        answer_id = os.urandom(8).hex()
+        self._pending.append((time.time(), endpoint, pixels, probabilities, answer_id))
         if len(self._pending) >= PENDING_ANSWERS:
             self.write()
         elif len(self._pending) == 1:
@@ -100,6 +108,7 @@ class ServedLog:
                 asyncio.get_running_loop().call_later(WRITE_AFTER, self.write)
             except RuntimeError:  # called outside an event loop: write at once
                 self.write()
+        return answer_id
 
     def write(self) -> None:
         """Write the kept answers, one line each: on the event loop when they are a few
@@ -124,6 +133,8 @@ class ServedLog:
                 DROPPED.inc(sum(len(answer[2]) for answer in pending))
                 return
             try:
+                if self._files.stream is None:  # logging.shutdown at exit closes handlers
+                    self._files.stream = self._files._open()
                 stream = self._files.stream
                 for line in self.lines(pending):
                     if self._written and self._written + len(line) > self.file_bytes:
@@ -145,11 +156,12 @@ class ServedLog:
         probabilities = np.concatenate([answer[3] for answer in pending]).astype("<f4")  # (D, 10)
         labels = probabilities.argmax(axis=1).tolist()
         start = 0
-        for when, endpoint, answer_pixels, _ in pending:
+        for when, endpoint, answer_pixels, _, answer_id in pending:
             stop = start + len(answer_pixels)
             now = datetime.datetime.fromtimestamp(when, datetime.UTC).isoformat()
             head = (
-                f'{{"time": "{now}", "endpoint": "{endpoint}", "model": {self.model}, '
+                f'{{"time": "{now}", "id": "{answer_id}", "endpoint": "{endpoint}", '
+                f'"model": {self.model}, '
                 f'"count": {stop - start}, "labels": {labels[start:stop]}, "probabilities": "'
             )
             yield b"".join(
@@ -190,6 +202,7 @@ class ServedLog:
         self._pending = []
         if self._files is not None:
             self._files.close()
+            self._files = None  # an answer recorded after this opens the file again
 
 
 def b64(array: np.ndarray) -> bytes:
@@ -209,9 +222,10 @@ def files(folder: Path) -> list[Path]:
 
 def read(folder: Path):
     """Every digit in the log at `folder` as a pandas DataFrame, one row per digit, in the
-    order each worker wrote them: time (UTC), endpoint, model, label, probabilities
-    ((10,) float32) and pixels ((28, 28) uint8). A line cut short by a killed worker (only
-    a file's last line can be) is left out."""
+    order each worker wrote them: time (UTC), answer (the answer's id; None in lines
+    written before answers had one), index (the digit's place in its answer), endpoint,
+    model, label, probabilities ((10,) float32) and pixels ((28, 28) uint8). A line cut
+    short by a killed worker (only a file's last line can be) is left out."""
     import pandas as pd
 
     rows = []
@@ -220,13 +234,12 @@ def read(folder: Path):
             count = answer["count"]
             probabilities = unpack(answer["probabilities"], np.float32, (count, NUM_CLASSES))
             pixels = unpack(answer["pixels"], np.uint8, (count, IMAGE_SIDE, IMAGE_SIDE))
-            for label, row, digit in zip(answer["labels"], probabilities, pixels, strict=True):
-                rows.append(
-                    (answer["time"], answer["endpoint"], answer["model"], label, row, digit)
-                )
-    frame = pd.DataFrame(
-        rows, columns=["time", "endpoint", "model", "label", "probabilities", "pixels"]
-    )
+            digits = zip(answer["labels"], probabilities, pixels, strict=True)
+            head = (answer["time"], answer.get("id"))
+            tail = (answer["endpoint"], answer["model"])
+            for index, (label, row, digit) in enumerate(digits):
+                rows.append((*head, index, *tail, label, row, digit))
+    frame = pd.DataFrame(rows, columns=COLUMNS)
     frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
     return frame
 

@@ -42,6 +42,7 @@ before a connection is closed, default 100); MNIST_ACCESS_LOG (1: a line per req
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import os
 from pathlib import Path
@@ -105,12 +106,20 @@ UNSURE = (
 )
 
 
+ANSWER_ID = (
+    "This answer's id in the served-input log: POST /feedback takes it (with a digit's "
+    "`index` in the answer) in place of the digit; null when the log is off"
+)
+ANSWER_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
 class Prediction(BaseModel):
     labels: list[int] = Field(description="Most likely digit for each input, in order")
     probabilities: list[list[float]] = Field(
         description="N rows of 10 class probabilities, calibrated on the validation split"
     )
     unsure: list[bool] = Field(description=f"For each input, true when {UNSURE}")
+    answer_id: str | None = Field(description=ANSWER_ID)
 
 
 GreyLevel = Annotated[int, Field(ge=0, le=PIXEL_LEVELS)]
@@ -119,13 +128,16 @@ DigitRow = Annotated[list[GreyLevel], Field(min_length=IMAGE_SIDE, max_length=IM
 
 class FeedbackReceipt(BaseModel):
     stored: bool = Field(description="True: the correction is on disk")
-    id: str = Field(description="sha256 of the digit's pixels, 16 hex digits")
+    id: str = Field(
+        description="sha256 of the digit's pixels, 16 hex digits; or the answer_id it corrects"
+    )
 
 
 class ImagePrediction(BaseModel):
     label: int
     probabilities: list[float] = Field(description="10 class probabilities, calibrated")
     unsure: bool = Field(description=f"True when {UNSURE}")
+    answer_id: str | None = Field(description=ANSWER_ID)
     preprocessed: list[list[int]] = Field(
         description="The 28x28 image the model saw: rows of grey levels 0-255, light ink on black"
     )
@@ -259,12 +271,12 @@ class MNISTClassifier:
             raise rejected("predict", error) from None
         probabilities = await self.batcher(pixels)  # (N, 10)
         metrics.answered("/predict", probabilities)
-        if SERVED_LOG:
-            self.served.record("/predict", pixels, probabilities)
+        answer_id = self.served.record("/predict", pixels, probabilities) if SERVED_LOG else None
         return Prediction(
             labels=probabilities.argmax(axis=1).tolist(),
             probabilities=probabilities.tolist(),
             unsure=(probabilities.max(axis=1) < self.unsure_below).tolist(),
+            answer_id=answer_id,
         )
 
     @ImageUploadAPI
@@ -285,13 +297,13 @@ class MNISTClassifier:
         )
         batch = await self.batcher(pixels)  # (1, 10)
         metrics.answered("/predict_image", batch)
-        if SERVED_LOG:
-            self.served.record("/predict_image", pixels, batch)
+        answer_id = self.served.record("/predict_image", pixels, batch) if SERVED_LOG else None
         probabilities = batch[0]
         return ImagePrediction(
             label=int(probabilities.argmax()),
             probabilities=probabilities.tolist(),
             unsure=bool(probabilities.max() < self.unsure_below),
+            answer_id=answer_id,
             preprocessed=digit.tolist(),
         )
 
@@ -300,19 +312,51 @@ class MNISTClassifier:
         self,
         label: Annotated[int, Field(ge=0, le=9, description="What the digit really is")],
         digit: Annotated[
-            list[DigitRow],
+            list[DigitRow] | None,
             Field(
                 min_length=IMAGE_SIDE,
                 max_length=IMAGE_SIDE,
                 description="The 28x28 image the model saw (a /predict_image answer's "
                 "`preprocessed`): rows of grey levels 0-255, light ink on black",
             ),
-        ],
+        ] = None,
+        answer_id: Annotated[
+            str | None,
+            Field(
+                pattern=ANSWER_ID_PATTERN,
+                description="Instead of `digit`: the `answer_id` of the answer to correct",
+            ),
+        ] = None,
+        index: Annotated[
+            int,
+            Field(
+                ge=0,
+                le=preprocess.MAX_IMAGES - 1,
+                description="With `answer_id`: the digit's place",
+            ),
+        ] = 0,
     ) -> FeedbackReceipt:
-        """Say what a digit really was: the correction is stored for the pipeline, which
-        learns from it or keeps it aside to test on (docs/feedback.md)."""
-        pixels = np.asarray(digit, dtype=np.uint8)  # (28, 28), validated above
-        identity = await asyncio.to_thread(CORRECTIONS.add, label, pixels)  # fsync: a thread
+        """Say what a digit really was, sending the digit or the id of the answer it was
+        in: the correction is stored for the pipeline, which learns from it or keeps it
+        aside to test on (docs/feedback.md)."""
+        if (digit is None) == (answer_id is None):
+            neither = BadInput("send one of `digit` or `answer_id`", field="digit")
+            raise rejected("feedback", neither)
+        if answer_id is not None:
+            if not SERVED_LOG:
+                raise rejected(
+                    "feedback",
+                    BadInput(
+                        "this server keeps no record of its answers (MNIST_SERVED_LOG=0): "
+                        "send the `digit` instead",
+                        field="answer_id",
+                    ),
+                )
+            store = functools.partial(CORRECTIONS.add_by_answer, label, answer_id, index)
+        else:
+            pixels = np.asarray(digit, dtype=np.uint8)  # (28, 28), validated above
+            store = functools.partial(CORRECTIONS.add, label, pixels)
+        identity = await asyncio.to_thread(store)  # fsync: in a thread
         return FeedbackReceipt(stored=True, id=identity)
 
     @bentoml.api

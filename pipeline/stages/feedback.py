@@ -1,7 +1,10 @@
 """feedback: the corrections people sent, and any folder of labelled digits, as a data set.
 
 In: ``--store``, the service's feedback store (``feedback-w*.jsonl``: serving/feedback.py;
-a team copies its pods' store there); ``--labelled``, a folder of a user's own labelled
+a team copies its pods' store there); ``--served``, the served-input log
+(serving/served_log.py), read only when a correction names an answer by its id instead of
+sending the digit: such a correction whose answer is not (or no longer) in the log is
+counted as ``unresolved`` and left out; ``--labelled``, a folder of a user's own labelled
 images, ``<digit>/<any name>.png|.jpg|.jpeg``, each put through the service's own
 preprocessing (serving/preprocess.py: found, centred and framed as MNIST); the
 ``feedback`` params (the hold-out's share, in percent).
@@ -26,22 +29,46 @@ import numpy as np
 from pipeline import atomic, cli
 from pipeline.errors import StageError
 from pipeline.params import FeedbackParams, load_section
-from serving import feedback, preprocess
+from serving import feedback, preprocess, served_log
 from serving.contract import IMAGE_SIDE
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
-def stored(folder: Path) -> list[tuple[np.ndarray, int]]:
-    """The service's corrections, oldest first: (pixels (28, 28) uint8, label)."""
+def stored(folder: Path, served: Path) -> tuple[list[tuple[np.ndarray, int]], int]:
+    """The service's corrections, oldest first: (pixels (28, 28) uint8, label); and how
+    many named an answer that the served-input log at ``served`` does not hold."""
     if not folder.is_dir():
-        return []
+        return [], 0
     try:
         items = feedback.read(folder)
     except (ValueError, KeyError) as error:
         raise StageError(f"{folder}: not a feedback store: {error}") from None
     items.sort(key=lambda item: item["time"])
-    return [(item["pixels"], int(item["label"])) for item in items]
+    by_answer = [item for item in items if item["pixels"] is None]
+    if by_answer:
+        digits = served_digits(served, {item["answer"] for item in by_answer})
+        for item in by_answer:
+            item["pixels"] = digits.get((item["answer"], item["index"]))
+    found = [(item["pixels"], int(item["label"])) for item in items if item["pixels"] is not None]
+    return found, len(items) - len(found)
+
+
+def served_digits(folder: Path, answers: set[str]) -> dict[tuple[str, int], np.ndarray]:
+    """(answer id, index) -> pixels (28, 28) uint8 of the served digits of ``answers``."""
+    if not folder.is_dir():
+        return {}
+    try:
+        frame = served_log.read(folder)
+    except (ValueError, KeyError) as error:
+        raise StageError(f"{folder}: not a served-input log: {error}") from None
+    frame = frame[frame["answer"].isin(answers)]
+    return {
+        (answer, int(index)): pixels
+        for answer, index, pixels in zip(
+            frame["answer"], frame["index"], frame["pixels"], strict=True
+        )
+    }
 
 
 def labelled(folder: Path) -> list[tuple[np.ndarray, int]]:
@@ -78,7 +105,8 @@ def arrays(items: list[tuple[np.ndarray, int]]) -> dict[str, np.ndarray]:
 
 def main(args) -> None:
     params = load_section(args.params, "feedback", FeedbackParams)
-    sources = {"store": stored(args.store), "labelled": labelled(args.labelled)}
+    from_store, unresolved = stored(args.store, args.served)
+    sources = {"store": from_store, "labelled": labelled(args.labelled)}
     unique: dict[bytes, tuple[np.ndarray, int]] = {}
     conflicts = 0
     for items in sources.values():
@@ -97,6 +125,7 @@ def main(args) -> None:
     summary = {
         "from_store": len(sources["store"]),
         "from_labelled": len(sources["labelled"]),
+        "unresolved": unresolved,
         "duplicates": sum(map(len, sources.values())) - len(unique),
         "conflicting_labels": conflicts,
         "train": len(parts["train"]),
@@ -109,11 +138,19 @@ def main(args) -> None:
         f"{summary['from_labelled']} labelled images, {summary['duplicates']} duplicates): "
         f"{summary['train']} to train on, {summary['holdout']} kept to test on"
     )
+    if unresolved:
+        print(
+            f"feedback: {unresolved} corrections name an answer that {args.served} does not "
+            "hold (rotated out, or from another server's log): left out"
+        )
 
 
 def cli_main(argv=None) -> None:
     p = cli.parser("feedback", __doc__)
     p.add_argument("--store", required=True, type=Path, help="the service's feedback store")
+    p.add_argument(
+        "--served", required=True, type=Path, help="the served-input log, for answer ids"
+    )
     p.add_argument("--labelled", required=True, type=Path, help="folder of <digit>/<image>")
     p.add_argument("--out", required=True, type=Path, help="folder for train.npz, holdout.npz")
     p.add_argument("--summary", required=True, type=Path, help="summary.json: the counts")

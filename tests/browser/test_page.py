@@ -428,7 +428,7 @@ def test_a_wrong_answer_is_corrected_from_the_keyboard_and_stored(
     the 28x28 image the model saw."""
     from serving import feedback
 
-    before = {(item["time"], item["id"]) for item in feedback.read(feedback_dir)}
+    before = {(item["time"], item["label"]) for item in feedback.read(feedback_dir)}
     ui.open()
     expect(ui.page.locator("#correct")).to_be_hidden()  # nothing to correct yet
     draw_with_mouse(ui, digits_to_draw[2])
@@ -444,7 +444,7 @@ def test_a_wrong_answer_is_corrected_from_the_keyboard_and_stored(
     )
     items = feedback.read(feedback_dir)
     assert len(items) == len(before) + 1
-    (item,) = [item for item in items if (item["time"], item["id"]) not in before]
+    (item,) = [item for item in items if (item["time"], item["label"]) not in before]
     assert item["label"] == 7
     np.testing.assert_array_equal(item["pixels"], np.array(seen, dtype=np.uint8))
 

@@ -125,3 +125,8 @@ def server(
 def test_digits() -> tuple[np.ndarray, np.ndarray]:
     """The first 300 MNIST test images (300, 28, 28) uint8 and labels (300,)."""
     return load_mnist("t10k", 300)
+
+
+def without_answer_id(response) -> dict:
+    """An answer's JSON without its ``answer_id``, which tells each answer apart."""
+    return {key: value for key, value in response.json().items() if key != "answer_id"}

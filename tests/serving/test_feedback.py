@@ -5,11 +5,14 @@ stored."""
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from serving import feedback
+from pipeline.stages import feedback as feedback_stage
+from serving import feedback, served_log
 
 
 def stored(folder: Path) -> list[dict]:
@@ -55,9 +58,59 @@ def test_a_correction_is_stored_as_sent_and_bad_ones_change_nothing(
     assert len(stored(feedback_dir)) == before + 1
 
 
+def test_a_correction_by_answer_id_is_stored_and_bad_ones_are_refused(
+    client, feedback_dir: Path, test_digits
+) -> None:
+    digits = test_digits[0][:3]
+    answer = client.post("/predict", json={"images": digits.tolist()}).json()
+    assert len(answer["answer_id"]) == 16
+    image = client.post("/predict_image", content=b"", headers={"Content-Type": "image/png"})
+    assert image.status_code == 400  # refused: no answer, so no id
+    before = len(stored(feedback_dir))
+    sent = client.post("/feedback", json={"label": 5, "answer_id": answer["answer_id"], "index": 2})
+    assert sent.status_code == 200, sent.text
+    assert sent.json() == {"stored": True, "id": answer["answer_id"]}
+    item = stored(feedback_dir)[-1]
+    assert (item["answer"], item["index"], item["label"], item["pixels"]) == (
+        answer["answer_id"], 2, 5, None,
+    )  # fmt: skip
+    bad = {
+        "not an id": {"label": 5, "answer_id": "../../etc/passwd"},
+        "an index past the limit": {"label": 5, "answer_id": "0" * 16, "index": 10_000},
+        "both the digit and an id": {
+            "label": 5, "answer_id": "0" * 16, "digit": digits[0].tolist(),
+        },
+        "neither": {"label": 5},
+    }  # fmt: skip
+    for what, body in bad.items():
+        refused = client.post("/feedback", json=body)
+        assert refused.status_code == 400, (what, refused.text)
+    assert len(stored(feedback_dir)) == before + 1
+
+
+def test_the_feedback_stage_finds_a_corrected_answers_digit_in_the_served_log(
+    tmp_path: Path, test_digits
+) -> None:
+    digits = test_digits[0][:3]  # (3, 28, 28) uint8
+    log = served_log.ServedLog("mnist-classifier:t", tmp_path / "served", max_bytes=2**20)
+    pixels = digits[:, None].astype(np.float32) / 255  # (3, 1, 28, 28), as the service has it
+    answer = log.record("/predict", pixels, np.eye(10, dtype=np.float32)[:3])
+    log.close()
+    store = feedback.FeedbackStore(tmp_path / "store", max_bytes=2**20)
+    store.add_by_answer(7, answer, 2)
+    store.add_by_answer(1, answer, 5)  # no such digit in that answer
+    store.add_by_answer(1, "0" * 16, 0)  # no such answer
+    store.add(4, digits[0])
+    found, unresolved = feedback_stage.stored(tmp_path / "store", tmp_path / "served")
+    assert unresolved == 2 and [label for _, label in found] == [7, 4]
+    np.testing.assert_array_equal(found[0][0], digits[2])
+
+
 def test_a_flood_of_corrections_gets_429_and_loses_nothing_accepted(
     client, feedback_dir: Path, test_digits
 ) -> None:
+    per_minute = sys.modules["serving.service"].FEEDBACK_PER_MINUTE  # the fixture's reload
+    time.sleep(2 * 60 / per_minute)  # the tests before spent the bucket: two tokens back
     before = len(stored(feedback_dir))
     statuses = [
         client.post("/feedback", json={"label": 7, "digit": d.tolist()}).status_code
