@@ -301,6 +301,23 @@ class DriftParams(Section):
 S = TypeVar("S", bound=Section)
 
 
+class ReviewParams(Section):
+    # How far a change may move the figures `make report` compares with its base before
+    # the gate refuses it (review/gate.py); each refusal names the key that would let it by.
+    # The champion's validation accuracy may drop by at most this (a fraction: 0.001 is
+    # a tenth of a point).
+    max_val_accuracy_drop: Annotated[float, Field(ge=0, le=1)]
+    # Single-digit /predict p99 of the champion's Bento may grow by at most this share of
+    # the base's, both measured side by side in the same run.
+    max_p99_increase: Annotated[float, Field(ge=0)]
+    # The champion's mean error over corruption families on the validation split, on
+    # either serving path, may grow by at most this (a fraction).
+    max_corruption_error_increase: Annotated[float, Field(ge=0, le=1)]
+    # A candidate reproducing a published system (`reference`) whose base was within that
+    # system's band must stay within it.
+    keep_reproductions: bool
+
+
 def load_yaml(path: Path) -> dict:
     try:
         data = yaml.safe_load(Path(path).read_text())

@@ -6,12 +6,15 @@ import yaml
 
 from pipeline.architectures.conv3 import Conv3Dense
 from pipeline.params import (
+    DriftParams,
     EvaluateParams,
+    FeedbackParams,
     FetchParams,
     MlflowParams,
     NormaliseParams,
     ParamsError,
     PromoteParams,
+    ReviewParams,
     ServeParams,
     SplitParams,
     TrainParams,
@@ -29,6 +32,9 @@ SECTIONS = {
     "mlflow": MlflowParams,
     "promote": PromoteParams,
     "serve": ServeParams,
+    "feedback": FeedbackParams,
+    "drift": DriftParams,
+    "review": ReviewParams,
 }
 
 
@@ -191,6 +197,18 @@ def write_with(tmp_path, edit):
             lambda p: p["promote"].update(min_improvement=2),
             "promote.min_improvement",
             "less than or equal to 1",
+        ),
+        (
+            "review",
+            lambda p: p["review"].update(max_p99_increase=-0.1),
+            "review.max_p99_increase",
+            "greater than or equal to 0",
+        ),
+        (
+            "review",
+            lambda p: p["review"].update(max_val_acuracy_drop=0.01),
+            "review.max_val_acuracy_drop",
+            "unknown key (typo?)",
         ),
     ],
 )
