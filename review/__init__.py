@@ -1,0 +1,1 @@
+"""make report: a change reviewed against a base (review/report.py)."""
