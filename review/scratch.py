@@ -30,6 +30,7 @@ from pipeline.errors import StageError
 TRAINING = "train@"  # stages whose name starts so train a model: what a review reports
 # What each side's repro must leave for the comparison.
 REQUIRED = ["reports/summary/summary.json", "reports/promote/decision.json"]
+LAST = "review-last"  # the tag on the side reproduced last
 IDENTITY = ["-c", "user.name=make report", "-c", "user.email=report@localhost"]
 
 
@@ -73,8 +74,14 @@ def resolve(project: Path, ref: str) -> str:
 def changes(project: Path) -> list[tuple[str, str]]:
     """(status, path) of each file where the working tree differs from HEAD, untracked
     files included, ignored ones (DVC's outputs among them) not: git's short status."""
-    lines = git(project, "status", "--porcelain", "--untracked-files=all", "--no-renames")
-    return [(line[:2].strip(), line[3:]) for line in lines.splitlines() if line]
+    listed = subprocess.run(
+        ["git", "status", "--porcelain", "-z", "--untracked-files=all", "--no-renames"],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return [(entry[:2].strip(), entry[3:]) for entry in listed.split("\0") if entry]
 
 
 def side_label(name: str, ref: str, commit: str, changed: list) -> str:
@@ -169,14 +176,21 @@ class Scratch:
             for stage in (lock.get("stages") or {}).values()
             for out in stage.get("outs", [])
         }
+        # DVC lists each cached output in a .gitignore beside it, written when its stage
+        # runs: those of the stages that will not run come over too.
+        ignores = {f"{Path(out).parent}/.gitignore" for out in outs if "/" in out}
         tracked = git(self.repo, "ls-tree", "-r", "--name-only", previous).splitlines()
-        files = [f for f in tracked if f in outs or any(f.startswith(f"{o}/") for o in outs)]
+        files = [
+            f
+            for f in tracked
+            if f in outs or f in ignores or any(f.startswith(f"{o}/") for o in outs)
+        ]
         git(self.repo, "checkout", previous, "--", "dvc.lock", *files)
 
     def last_review(self) -> str | None:
-        """The clone's latest commit if a review made it (what its workspace holds)."""
-        message = git(self.repo, "log", "-1", "--format=%s", check=False)
-        return git(self.repo, "rev-parse", "HEAD") if message.startswith("review: ") else None
+        """The commit of the side reproduced last (what the workspace's cached outputs
+        are), if any: tagged, since a review that failed later may have moved HEAD."""
+        return git(self.repo, "rev-parse", "--verify", "--quiet", LAST, check=False) or None
 
     def reproduce(self, side: Side, changed: list[tuple[str, str]], say) -> None:
         """`dvc repro` of one side; its outputs committed in the clone."""
@@ -200,6 +214,7 @@ class Scratch:
         git(self.repo, "add", "-A")
         git(self.repo, *IDENTITY, "commit", "-q", "--allow-empty", "-m", f"review: {side.label}")
         side.commit = git(self.repo, "rev-parse", "HEAD")
+        git(self.repo, "tag", "-f", LAST, side.commit)
         trained = ", ".join(side.trained) or "nothing"
         say(f"{side.name}: {len(side.ran)} stages run (trained: {trained}), "
             f"{len(side.restored)} restored from the run cache")  # fmt: skip
