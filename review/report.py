@@ -88,7 +88,7 @@ def change_cell(old, new, form: str) -> str:
         return f"(new) {form.format(new)}"
     if new is None:
         return f"{form.format(old)} (removed)"
-    if old == new:
+    if form.format(old) == form.format(new):
         return form.format(new)
     return f"{form.format(old)} → **{form.format(new)}**"
 
@@ -163,11 +163,14 @@ def robustness_table(base: compare.Outcome, change: compare.Outcome) -> str:
     return "\n".join(rows)
 
 
-def reproduction_table(base: compare.Outcome, change: compare.Outcome) -> str:
+def reproduction_table(base: compare.Outcome, change: compare.Outcome, profile: str) -> str:
     names = sorted(set(base.references) | set(change.references))
     if not names:
         return "No enabled candidate reproduces a published system on both sides."
     rows = ["| candidate | system | base | change |", "|---|---|---|---|"]
+    if profile == "small":
+        rows.insert(0, "The bands are for training on the full data set: with the small profile "
+                    "the verdicts only show which way a change moves.\n")  # fmt: skip
     for name in names:
         cells = []
         for o in (base, change):
@@ -268,7 +271,7 @@ Written by `make report` on {now}, {machine()}; data profile: {profile}.
 
 ## Reproductions of published systems (test accuracy against the published band)
 
-{reproduction_table(base, change)}
+{reproduction_table(base, change, profile)}
 
 ## Serving: single-digit `/predict` of each champion's Bento, side by side
 
