@@ -202,7 +202,7 @@ def png_of(digit: np.ndarray, size: int = 200) -> bytes:
 
 SECTION = "Serving"
 JSON = "application/json"
-SERVED_LOG_ROUNDS = 4
+SERVED_LOG_ROUNDS = 3
 
 
 @contextmanager
