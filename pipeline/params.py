@@ -298,12 +298,9 @@ class DriftParams(Section):
     seed: Seed
 
 
-S = TypeVar("S", bound=Section)
-
-
 class ReviewParams(Section):
     # How far a change may move the figures `make report` compares with its base before
-    # the gate refuses it (review/gate.py); each refusal names the key that would let it by.
+    # the gate refuses it (review/compare.py); each refusal names the key that would let it by.
     # The champion's validation accuracy may drop by at most this (a fraction: 0.001 is
     # a tenth of a point).
     max_val_accuracy_drop: Annotated[float, Field(ge=0, le=1)]
@@ -316,6 +313,9 @@ class ReviewParams(Section):
     # A candidate reproducing a published system (`reference`) whose base was within that
     # system's band must stay within it.
     keep_reproductions: bool
+
+
+S = TypeVar("S", bound=Section)
 
 
 def load_yaml(path: Path) -> dict:

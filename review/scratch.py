@@ -57,18 +57,13 @@ def git(repo: Path, *args: str, check: bool = True) -> str:
 
 def resolve(project: Path, ref: str) -> str:
     """The commit ``ref`` names in the project, or a clear error."""
-    found = subprocess.run(
-        ["git", "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-    )
-    if found.returncode != 0:
+    found = git(project, "rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+    if not found:
         raise StageError(
             f"BASE={ref}: no such commit, branch or tag in {project} "
             "(`git fetch` it first if it lives on a remote)"
         )
-    return found.stdout.strip()
+    return found
 
 
 def changes(project: Path) -> list[tuple[str, str]]:

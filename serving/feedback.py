@@ -8,7 +8,7 @@ serving/served_log.py, where the feedback stage finds them). Out: one JSON line 
 correction, appended to ``feedback-w<worker>.jsonl`` in a folder and flushed to disk
 (fsync) before the answer, so an acknowledged correction survives a crash:
 
-    {"time": "2026-12-07T21:40:01.123456+00:00",   # when it arrived (UTC)
+    {"time": "YYYY-MM-DDTHH:MM:SS.ffffff+00:00",   # when it arrived (UTC)
      "label": 3,                                    # what the digit really is
      "model": "mnist-classifier:abc123",            # the model that was corrected
      "id": "9f2c...",                               # sha256 of the pixels, 16 hex digits

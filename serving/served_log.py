@@ -6,7 +6,7 @@ worker's ServedLog). Out: JSON Lines files in a folder, one file per worker
 oldest dropped), so the whole log stays under a cap, and appended to by the next worker
 after a restart. One line per answer (a request of N digits is one line):
 
-    {"time": "2026-12-07T21:40:01.123456+00:00",  # when it was answered (UTC)
+    {"time": "YYYY-MM-DDTHH:MM:SS.ffffff+00:00",  # when it was answered (UTC)
      "id": "5f0c3a9e1b7d2c44",                     # the answer's id (random, 16 hex digits)
      "endpoint": "/predict",                       # or "/predict_image"
      "model": "mnist-classifier:abc123",           # the BentoML model that answered
@@ -133,7 +133,9 @@ class ServedLog:
                 DROPPED.inc(sum(len(answer[2]) for answer in pending))
                 return
             try:
-                if self._files.stream is None:  # logging.shutdown at exit closes handlers
+                # logging closes every handler it knows of, this one too, at exit and on
+                # each logging.config.dictConfig (BentoML configures its logging so): reopen.
+                if self._files.stream is None:
                     self._files.stream = self._files._open()
                 stream = self._files.stream
                 for line in self.lines(pending):
